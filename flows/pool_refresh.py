@@ -1,0 +1,97 @@
+"""Flow ``pool_refresh``: download a pool index into webdataset shards in the store.
+
+    python -m flows.pool_refresh --pool-index pool.parquet --store ./store --pool-name mypool
+
+Run it again at any time: finished slices are cache hits (``Cached``), an interrupted slice
+resumes from its finished shards, and only new or changed slices download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from prefect import flow
+from prefect.futures import wait
+
+from tasks.common.errors import StageFailed
+from tasks.common.prefect_support import cached_in_store, store_from
+from tasks.download.task import download_slice_task, plan_pool_download, publish_pool_manifest
+
+
+@flow(name="pool_refresh", log_prints=True)
+def pool_refresh(
+    pool_index: str,
+    store: str,
+    pool_name: str = "pool",
+    slice_size: int = 50_000,
+    concurrent_slices: int = 1,
+    shard_size: int = 10_000,
+    processes: int = 2,
+    threads: int = 64,
+    image_size: int = 512,
+    resize_mode: str = "keep_ratio",
+    timeout: int = 10,
+    retries: int = 0,
+    storage_options: dict | None = None,
+) -> dict:
+    """Download the pool index into webdataset shards under the store.
+
+    Args:
+        pool_index: parquet file or folder of parquet files (local path or s3://) with uid, url, text.
+        store: root of the store: a local folder or s3://bucket/prefix.
+        pool_name: the pool's folder name under ``<store>/pools/``.
+        slice_size: rows per slice; each slice is one retried, cached task.
+        concurrent_slices: slices downloading at once (each uses ``processes`` processes).
+        shard_size: samples per webdataset shard.
+        processes: img2dataset processes per slice.
+        threads: img2dataset threads per process.
+        image_size: img2dataset image size (with ``resize_mode``; only shrinks, as DataComp).
+        resize_mode: img2dataset resize mode.
+        timeout: seconds before a request is abandoned.
+        retries: img2dataset retries per URL.
+        storage_options: fsspec options for an s3:// store and index (endpoint, credentials).
+    Returns:
+        The pool manifest (also at ``<store>/pools/<pool_name>/manifest.json``).
+    """
+    config = dict(image_size=image_size, resize_mode=resize_mode, timeout=timeout, retries=retries,
+                  shard_size=shard_size, processes=processes, threads=threads)
+    plans = plan_pool_download(pool_index, store, pool_name, slice_size, config, storage_options)
+    download = cached_in_store(download_slice_task, store_from(store, storage_options))
+    states = []
+    for start in range(0, len(plans), max(1, concurrent_slices)):
+        batch = [download.submit(store, plan, config, storage_options)
+                 for plan in plans[start:start + max(1, concurrent_slices)]]
+        wait(batch)
+        states.extend(future.state for future in batch)
+    failed = [plan["index"] for plan, state in zip(plans, states) if not state.is_completed()]
+    if failed:
+        raise StageFailed(f"pool {pool_name!r}: slices {failed} failed after retries; finished slices are kept, "
+                          "run the flow again to resume")
+    results = [state.result() for state in states]
+    return publish_pool_manifest(store, pool_index, pool_name, plans, results, config, storage_options)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=pool_refresh.description)
+    parser.add_argument("--pool-index", required=True)
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--pool-name", default="pool")
+    parser.add_argument("--slice-size", type=int, default=50_000)
+    parser.add_argument("--concurrent-slices", type=int, default=1)
+    parser.add_argument("--shard-size", type=int, default=10_000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--timeout", type=int, default=10)
+    args = parser.parse_args(argv)
+    manifest = pool_refresh(pool_index=args.pool_index, store=args.store, pool_name=args.pool_name,
+                            slice_size=args.slice_size, concurrent_slices=args.concurrent_slices,
+                            shard_size=args.shard_size, processes=args.processes, threads=args.threads,
+                            image_size=args.image_size, timeout=args.timeout)
+    print(json.dumps({"manifest": f"{manifest['store']}/pools/{manifest['name']}/manifest.json",
+                      "rows": manifest["rows"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pieces every stage shares: the store, manifests, hashing and errors."""

@@ -1,0 +1,55 @@
+"""Prefect glue shared by the @task wrappers: caching in the store, retries, artifacts.
+
+- :func:`cached_in_store`: a task configured to persist its (JSON) result in the store, under a
+  cache key the task computes from content hashes, config and code version, so a new flow run
+  with the same inputs gets a ``Cached`` state instead of running.
+- :func:`retry_unless_input_error`: retry condition; bad input is not retried.
+- :func:`store_from`: the :class:`~tasks.common.store.Store` for a flow parameter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from prefect import Task
+from prefect.filesystems import RemoteFileSystem
+
+from tasks.common.errors import InputError
+from tasks.common.store import Store
+
+RESULTS_FOLDER = "_prefect/results"
+RETRY_DELAYS = [5, 20, 60]  # seconds: backoff for storage, network and worker failures
+
+
+def store_from(store: str | Store, storage_options: dict[str, Any] | None = None) -> Store:
+    return store if isinstance(store, Store) else Store(store, storage_options)
+
+
+def result_storage_for(store: Store):
+    """Where Prefect keeps task results and cache records for this store."""
+    local = store.local_path(RESULTS_FOLDER)
+    if local is not None:
+        return Path(local)
+    block = RemoteFileSystem(basepath=store.uri(RESULTS_FOLDER), settings=store.storage_options)
+    name = "curation-results-" + hashlib.sha256(store.root.encode()).hexdigest()[:16]
+    block.save(name, overwrite=True)
+    return block
+
+
+def cached_in_store(task: Task, store: Store) -> Task:
+    """``task`` with its results and cache records persisted in ``store``."""
+    return task.with_options(result_storage=result_storage_for(store), persist_result=True,
+                             result_serializer="json")
+
+
+def retry_unless_input_error(task, task_run, state) -> bool:
+    """Retry storage, network and worker failures; never a bad input, which would fail again."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else is worth a retry
+        return True
+    return True

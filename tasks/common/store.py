@@ -1,0 +1,169 @@
+"""The store: one root URI under which every stage reads and writes.
+
+In:  a root URI, a local directory (``/data/curation`` or ``file:///data/curation``) or
+     ``s3://bucket/prefix`` (through s3fs; endpoint and credentials come from the usual
+     AWS variables, ``AWS_ENDPOINT_URL`` included, or from ``storage_options``).
+Out: a :class:`Store` whose writes are atomic: a file becomes visible only when complete.
+     Locally that is a temporary name in the same folder and ``os.replace``; on object
+     storage it is one PUT per object (multipart uploads also appear only when complete).
+
+Paths given to the methods are relative to the root and use ``/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+
+from tasks.common.errors import StoreError
+
+
+class Store:
+    """A root URI plus atomic reads and writes under it."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
+        if not root or not isinstance(root, str):
+            raise StoreError(f"store: expected a directory path or s3:// URI, got {root!r}")
+        self.storage_options = dict(storage_options or {})
+        self.fs, path = fsspec.core.url_to_fs(root, **self.storage_options)
+        self.is_local = "file" in _protocols(self.fs)
+        self.root_path = os.path.abspath(path) if self.is_local else path.rstrip("/")
+        self.root = self.root_path if self.is_local else f"{_protocols(self.fs)[0]}://{self.root_path}"
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    def __reduce__(self):
+        return (Store, (self.root, self.storage_options))
+
+    # ----- paths -------------------------------------------------------------
+    def path(self, rel: str = "") -> str:
+        """Filesystem path (no protocol) of ``rel`` under the root."""
+        rel = rel.strip("/")
+        if self.is_local:
+            return os.path.join(self.root_path, *rel.split("/")) if rel else self.root_path
+        return posixpath.join(self.root_path, rel) if rel else self.root_path
+
+    def uri(self, rel: str = "") -> str:
+        """Full URI of ``rel`` (a plain path for a local store)."""
+        if self.is_local:
+            return self.path(rel)
+        return f"{_protocols(self.fs)[0]}://{self.path(rel)}"
+
+    def local_path(self, rel: str = "") -> Path | None:
+        """The local path of ``rel`` when the store is local, else ``None``."""
+        return Path(self.path(rel)) if self.is_local else None
+
+    # ----- checks -------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Write and delete a probe object; raise :class:`StoreError` naming the root if that fails."""
+        probe = f"_probe/{uuid.uuid4().hex}"
+        try:
+            self.write_bytes(probe, b"ok")
+            self.fs.rm(self.path(probe))
+        except Exception as exc:  # noqa: BLE001 - any failure means "cannot write here"
+            raise StoreError(f"store {self.root!r} cannot be written: {type(exc).__name__}: {exc}") from exc
+
+    # ----- reads ---------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def open(self, rel: str, mode: str = "rb"):
+        """Open for reading. Use the atomic ``write_*``/``put_file`` methods to write."""
+        if "r" not in mode:
+            raise ValueError("Store.open is for reading; write with write_bytes or put_file")
+        return self.fs.open(self.path(rel), mode)
+
+    def list(self, rel: str = "", pattern: str = "*") -> list[str]:
+        """Relative paths of the entries of folder ``rel`` matching ``pattern``, sorted."""
+        base = self.path(rel)
+        found = self.fs.glob(posixpath.join(base, pattern) if not self.is_local else os.path.join(base, pattern))
+        prefix_len = len(self.path()) + 1
+        return sorted(_strip_protocol(p)[prefix_len:].replace(os.sep, "/") for p in found)
+
+    # ----- atomic writes ---------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        """Write ``data`` to ``rel`` atomically; return the URI."""
+        target = self.path(rel)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
+        else:
+            self.fs.pipe_file(target, data)
+        return self.uri(rel)
+
+    def write_json(self, rel: str, obj: Any) -> str:
+        return self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+    def put_file(self, local_file: str | os.PathLike, rel: str, move: bool = False) -> str:
+        """Copy (or, locally, move) a finished local file to ``rel`` atomically; return the URI."""
+        local_file = os.fspath(local_file)
+        target = self.path(rel)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if move:
+                os.replace(local_file, target)
+                return self.uri(rel)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
+            os.close(fd)
+            try:
+                with open(local_file, "rb") as src, open(tmp, "wb") as dst:
+                    while chunk := src.read(1 << 22):
+                        dst.write(chunk)
+                os.replace(tmp, target)
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
+        else:
+            self.fs.put_file(local_file, target)
+            if move:
+                os.remove(local_file)
+        return self.uri(rel)
+
+    def remove(self, rel: str, recursive: bool = False) -> None:
+        if self.exists(rel):
+            self.fs.rm(self.path(rel), recursive=recursive)
+
+    def walk_files(self, rel: str = "") -> Iterator[str]:
+        """Relative paths of every file under ``rel``."""
+        prefix_len = len(self.path()) + 1
+        for path in self.fs.find(self.path(rel)):
+            yield _strip_protocol(path)[prefix_len:].replace(os.sep, "/")
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _strip_protocol(path: str) -> str:
+    return path.split("://", 1)[1] if "://" in path else path
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

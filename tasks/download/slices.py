@@ -1,0 +1,289 @@
+"""Download one slice of a pool with img2dataset and publish it atomically in the store.
+
+In:  a :class:`~tasks.download.pool_index.SlicePlan`, its rows (a data frame), a
+     :class:`DownloadConfig` and the store.
+Out: in the store, ``pools/<pool>/slices/<index>-<key>/`` with img2dataset's webdataset shards
+     (``NNNNN.tar``, ``NNNNN.parquet`` holding every sample with its status and error,
+     ``NNNNN_stats.json``) and, written last, ``_SUCCESS.json``: the :class:`SliceResult`.
+     A slice folder without ``_SUCCESS.json`` is unfinished and nothing reads it.
+
+How a crash is survived: img2dataset runs as a child process writing into a local staging
+folder in its ``incremental`` mode, so a rerun skips the shards that have their stats file and
+redoes only the rest. The slice is checked (every input uid exactly once; tar members agree
+with the parquet), then each file is moved (local store) or uploaded (object store) to the
+slice folder, then the marker is written. A rerun finds the marker and does nothing. The
+slice folder name holds the cache key, so different inputs or configs never share a folder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.common.errors import InputError, StageFailed
+from tasks.common.hashing import code_version, hash_json
+from tasks.common.store import Store
+from tasks.download.pool_index import SlicePlan, passthrough_columns
+from tasks.download.report import classify_error
+
+RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """img2dataset settings. The defaults follow DataComp's download of its pools."""
+
+    image_size: int = 512
+    resize_mode: str = "keep_ratio"
+    resize_only_if_bigger: bool = True
+    skip_reencode: bool = True
+    encode_format: str = "jpg"
+    encode_quality: int = 95
+    timeout: int = 10
+    retries: int = 0
+    shard_size: int = 10_000
+    processes: int = 2
+    threads: int = 64
+    user_agent_token: str | None = None
+
+    def validate(self) -> None:
+        checks = {
+            "image_size": self.image_size >= 8,
+            "shard_size": self.shard_size >= 1,
+            "processes": self.processes >= 1,
+            "threads": self.threads >= 1,
+            "timeout": self.timeout >= 1,
+            "retries": self.retries >= 0,
+            "encode_quality": 1 <= self.encode_quality <= 100,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise InputError(f"{name}: invalid value {getattr(self, name)!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise InputError(f"resize_mode: {self.resize_mode!r} is not one of {RESIZE_MODES}")
+        if self.encode_format not in ("jpg", "png", "webp"):
+            raise InputError(f"encode_format: {self.encode_format!r} is not jpg, png or webp")
+
+    def output_config(self) -> dict:
+        """The settings that change what is downloaded (parallelism does not)."""
+        config = asdict(self)
+        config.pop("processes")
+        config.pop("threads")
+        return config
+
+
+def stage_code_version() -> str:
+    import img2dataset  # noqa: F401 - its version is part of what made the shards
+    from importlib.metadata import version
+
+    return code_version("tasks.download.slices", extra={"img2dataset": version("img2dataset")})
+
+
+def slice_key(plan: SlicePlan, config: DownloadConfig) -> str:
+    """The cache key of a slice: its rows, the output config and the code version."""
+    return hash_json({"rows": plan.content_hash, "config": config.output_config(), "code": stage_code_version()})
+
+
+def slice_folder(plan: SlicePlan, config: DownloadConfig) -> str:
+    return f"pools/{plan.pool}/slices/{plan.index:05d}-{slice_key(plan, config)[:16]}"
+
+
+def slice_input_path(plan: SlicePlan) -> str:
+    return f"pools/{plan.pool}/inputs/{plan.index:05d}-{plan.content_hash[:16]}.parquet"
+
+
+@dataclass
+class SliceResult:
+    pool: str
+    index: int
+    key: str
+    folder: str
+    n_rows: int
+    status_counts: dict[str, int]
+    reason_counts: dict[str, dict[str, int]]
+    shards: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SliceResult":
+        return cls(**data)
+
+
+def staging_dir(store: Store, plan: SlicePlan, config: DownloadConfig) -> Path:
+    """Where img2dataset writes before publishing: inside a local store, else a local cache folder."""
+    name = slice_folder(plan, config).split("/", 1)[1]
+    local = store.local_path(f"_staging/{name}")
+    if local is not None:
+        return local
+    base = Path(os.environ.get("CURATION_STAGING_DIR", Path(tempfile.gettempdir()) / "clip-curation-staging"))
+    return base / hashlib.sha256(store.root.encode()).hexdigest()[:16] / name
+
+
+def write_slice_input(store: Store, plan: SlicePlan, rows: pd.DataFrame) -> str:
+    """Store the rows of a slice (content-addressed, so an existing file is already right)."""
+    path = slice_input_path(plan)
+    if not store.exists(path):
+        store.write_bytes(path, rows.to_parquet(index=False))
+    return path
+
+
+def download_slice(store: Store, plan: SlicePlan, config: DownloadConfig, log=print) -> SliceResult:
+    """Download, verify and publish one slice; return its result (from the marker if already done).
+
+    The slice's rows are read from :func:`slice_input_path` (written by :func:`write_slice_input`).
+    """
+    folder = slice_folder(plan, config)
+    marker = f"{folder}/_SUCCESS.json"
+    if store.exists(marker):
+        return SliceResult.from_dict(store.read_json(marker))
+    with store.open(slice_input_path(plan)) as handle:
+        rows = pd.read_parquet(handle)
+    if len(rows) != plan.n_rows:
+        raise InputError(f"slice {plan.index}: expected {plan.n_rows} rows, got {len(rows)}")
+    started = time.monotonic()
+    staging = staging_dir(store, plan, config)
+    output = staging / "shards"
+    output.mkdir(parents=True, exist_ok=True)
+    input_file = staging / "input.parquet"
+    if not input_file.exists():
+        tmp = input_file.with_suffix(".tmp")
+        rows.to_parquet(tmp, index=False)
+        os.replace(tmp, input_file)
+
+    _run_img2dataset(input_file, output, staging, passthrough_columns(rows), config, log)
+    result = _verify(plan, rows, output, folder, config)
+    for name in sorted(os.listdir(output)):
+        if not name.startswith("_") or name.endswith("_stats.json"):
+            store.put_file(output / name, f"{folder}/{name}", move=True)
+    result.seconds = round(time.monotonic() - started, 3)
+    store.write_json(marker, result.to_dict())
+    shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _img2dataset_argv(input_file: Path, output: Path, columns: list[str], config: DownloadConfig) -> list[str]:
+    options = {
+        "url_list": str(input_file), "input_format": "parquet", "url_col": "url", "caption_col": "text",
+        "save_additional_columns": json.dumps(columns), "output_format": "webdataset",
+        "output_folder": str(output), "processes_count": config.processes, "thread_count": config.threads,
+        "number_sample_per_shard": config.shard_size, "image_size": config.image_size,
+        "resize_mode": config.resize_mode, "resize_only_if_bigger": config.resize_only_if_bigger,
+        "skip_reencode": config.skip_reencode, "encode_format": config.encode_format,
+        "encode_quality": config.encode_quality, "timeout": config.timeout, "retries": config.retries,
+        "incremental_mode": "incremental", "enable_wandb": False, "compute_hash": "sha256",
+    }
+    if config.user_agent_token:
+        options["user_agent_token"] = config.user_agent_token
+    code = "import sys; from img2dataset.main import main; sys.exit(main())"
+    return [sys.executable, "-c", code] + [f"--{k}={v}" for k, v in options.items()]
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL if the parent dies, so a killed flow leaves no download behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _stop_stale_run(pid_file: Path, log) -> None:
+    """Kill what is left of an earlier, interrupted img2dataset run of this slice (its process group)."""
+    if not pid_file.exists():
+        return
+    try:
+        pgid = int(pid_file.read_text().strip())
+        os.killpg(pgid, signal.SIGKILL)
+        log(f"stopped the leftover processes of an interrupted download (process group {pgid})")
+        time.sleep(0.5)
+    except (ValueError, ProcessLookupError, PermissionError):
+        pass
+    pid_file.unlink(missing_ok=True)
+
+
+def _run_img2dataset(input_file: Path, output: Path, staging: Path, columns: list[str],
+                     config: DownloadConfig, log) -> None:
+    pid_file = staging / "img2dataset.pgid"
+    _stop_stale_run(pid_file, log)
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+    log_path = staging / "img2dataset.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(_img2dataset_argv(input_file, output, columns, config), stdout=log_file,
+                                   stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                   preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        pid_file.write_text(str(process.pid))
+        try:
+            returncode = process.wait()
+        finally:
+            # img2dataset's pool workers share its process group; none may outlive it.
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            pid_file.unlink(missing_ok=True)
+    if returncode != 0:
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise StageFailed(f"img2dataset exited with status {returncode} on {input_file}; log {log_path}:\n{tail}")
+
+
+def _expected_shards(n_rows: int, shard_size: int) -> list[int]:
+    return list(range((n_rows + shard_size - 1) // shard_size))
+
+
+def _verify(plan: SlicePlan, rows: pd.DataFrame, output: Path, folder: str, config: DownloadConfig) -> SliceResult:
+    """Check every input uid is accounted for exactly once and the tars match the parquets."""
+    missing = [s for s in _expected_shards(plan.n_rows, config.shard_size)
+               if not (output / f"{s:05d}_stats.json").exists()]
+    if missing:
+        raise StageFailed(f"slice {plan.index}: img2dataset did not finish shards {missing} in {output}; "
+                          "a retry resumes them")
+    frames, shards = [], []
+    extension = "." + config.encode_format
+    for shard in _expected_shards(plan.n_rows, config.shard_size):
+        name = f"{shard:05d}"
+        meta = pd.read_parquet(output / f"{name}.parquet")
+        with tarfile.open(output / f"{name}.tar") as tar:
+            images = sum(1 for member in tar if member.name.endswith(extension))
+        n_success = int((meta["status"] == "success").sum())
+        if images != n_success:
+            raise StageFailed(f"slice {plan.index}: shard {output / name}.tar holds {images} images but its "
+                              f"parquet says {n_success} succeeded")
+        shards.append({
+            "tar": f"{folder}/{name}.tar", "parquet": f"{folder}/{name}.parquet",
+            "n_rows": int(len(meta)), "n_success": n_success,
+            "parquet_sha256": hashlib.sha256((output / f"{name}.parquet").read_bytes()).hexdigest(),
+        })
+        frames.append(meta[["uid", "status", "error_message"]])
+    meta = pd.concat(frames, ignore_index=True)
+    seen = Counter(meta["uid"])
+    twice = [u for u, c in seen.items() if c > 1]
+    lost = set(rows["uid"]) - set(seen)
+    if twice or lost or len(seen) != plan.n_rows:
+        raise StageFailed(f"slice {plan.index}: shards in {output} hold {len(twice)} uids twice and miss "
+                          f"{len(lost)} input uids")
+    reasons = meta.loc[meta["status"] != "success"].assign(
+        reason=lambda f: f["error_message"].map(classify_error))
+    reason_counts = {status: group["reason"].value_counts().sort_index().to_dict()
+                     for status, group in reasons.groupby("status")}
+    return SliceResult(
+        pool=plan.pool, index=plan.index, key=slice_key(plan, config), folder=folder, n_rows=plan.n_rows,
+        status_counts={k: int(v) for k, v in meta["status"].value_counts().sort_index().items()},
+        reason_counts={s: {r: int(c) for r, c in d.items()} for s, d in reason_counts.items()},
+        shards=shards,
+    )
