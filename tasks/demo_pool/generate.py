@@ -172,6 +172,10 @@ def plan_pool(config: DemoPoolConfig) -> pd.DataFrame:
                                           np.where(kinds == "junk", -1, plan["concept_id"]))
     plan["unsafe_caption"] = rng.random(len(plan)) < config.unsafe_rate
     plan["reuse_source_caption"] = (plan["dup_kind"] != "") & (rng.random(len(plan)) < 0.5)
+    reuse = plan["reuse_source_caption"].to_numpy()
+    source_rows = plan.loc[reuse, "source"].to_numpy()  # base rows come first, so source == row here
+    plan.loc[reuse, ["caption_kind", "caption_concept_id"]] = plan.loc[
+        source_rows, ["caption_kind", "caption_concept_id"]].to_numpy()
 
     order = rng.permutation(len(plan))  # the pool is a random mix; row i of the index is order[i]
     plan = plan.iloc[order].reset_index().rename(columns={"index": "plan_row"})
@@ -195,8 +199,6 @@ def _caption_for(row, seed: int) -> str:
         text = captions.foreign_caption(CONCEPTS[row.concept_id], rng)
     else:
         text = captions.named_caption(CONCEPTS[row.caption_concept_id], rng)
-    if row.unsafe_caption:
-        text = captions.add_unsafe_term(text, rng)
     return text
 
 
@@ -259,6 +261,9 @@ def generate_demo_pool(config: DemoPoolConfig, web_root: str | os.PathLike, work
     base_rows = plan[plan["dup_kind"] == ""].set_index("source")
     reuse = plan["reuse_source_caption"].to_numpy()
     plan.loc[reuse, "text"] = base_rows.loc[plan.loc[reuse, "source"], "text"].to_numpy()
+    unsafe = plan.index[plan["unsafe_caption"]]
+    plan.loc[unsafe, "text"] = [captions.add_unsafe_term(plan.at[i, "text"], np.random.default_rng(
+        [config.seed, 4, int(plan.at[i, "plan_row"])])) for i in unsafe]
 
     base = plan[(plan["dup_kind"] == "") & plan["url_failure"].isin(["", "truncated", "not_an_image"])]
     columns = ["plan_row", "concept_id", "width", "height", "png", "quality", "file"]

@@ -3,7 +3,7 @@
 In:  a web root written by :func:`tasks.demo_pool.generate.generate_demo_pool` and a port
      (0 picks a free one).
 Out: a running :class:`DemoWebServer` (a context manager) whose ``base_url`` prefixes the pool's
-     URL paths. Each path answers as ``routes.json`` says:
+     URL paths; ``latency_seconds`` delays every answer, like a slow remote host. Each path answers as ``routes.json`` says:
 
 - ``file``: 200 with the bytes and a matching Content-Type;
 - ``http_404``: 404 Not Found (also for any path not in the routes);
@@ -30,13 +30,15 @@ HTML_PAGE = b"<!doctype html><html><head><title>Page moved</title></head><body><
 class DemoWebServer:
     """A threaded HTTP server on 127.0.0.1 serving one web root."""
 
-    def __init__(self, web_root: str | Path, port: int = 0, hang_seconds: float = 60.0):
+    def __init__(self, web_root: str | Path, port: int = 0, hang_seconds: float = 60.0,
+                 latency_seconds: float = 0.0):
         self.web_root = Path(web_root)
         routes_file = self.web_root / "routes.json"
         if not routes_file.exists():
             raise FileNotFoundError(f"{routes_file}: not a generated web root (no routes.json)")
         self.routes: dict[str, list[str]] = json.loads(routes_file.read_text())
         self.hang_seconds = hang_seconds
+        self.latency_seconds = latency_seconds
         self.requests: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -88,6 +90,8 @@ class DemoWebServer:
                 path = self.path.split("?", 1)[0]
                 kind, file = server.routes.get(path, ("http_404", ""))
                 server._count(kind)
+                if server.latency_seconds:
+                    server._stopping.wait(server.latency_seconds)
                 if kind == "file":
                     self._send(200, (server.web_root / "files" / file).read_bytes(),
                                CONTENT_TYPES.get(file.rsplit(".", 1)[-1], "application/octet-stream"))

@@ -1,0 +1,72 @@
+"""Prefect tasks of the demo pool: generate the web root, write the index, check the download.
+
+The truth file is read only by :func:`check_download_against_truth`, an evaluation step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from tasks.demo_pool.generate import DemoPoolConfig, generate_demo_pool, pool_index_for
+from tasks.demo_pool.server import DemoWebServer
+
+
+@task(name="generate_demo_pool")
+def generate_demo_pool_task(web_root: str, config: dict) -> dict:
+    summary = generate_demo_pool(DemoPoolConfig(**config), web_root, workers=os.cpu_count() or 1)
+    get_run_logger().info("demo web root %s: %d samples, planted %s", web_root, summary["n_samples"],
+                          summary["planted"])
+    return summary
+
+
+@task(name="write_demo_pool_index")
+def write_demo_pool_index(web_root: str, base_url: str, index_path: str) -> str:
+    """Write the pool index for the running server (unchanged bytes if the URLs are the same)."""
+    data = pool_index_for(web_root, base_url).to_parquet(index=False)
+    target = Path(index_path)
+    if not target.exists() or target.read_bytes() != data:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return str(target)
+
+
+def start_demo_server(web_root: str, state_file: str, hang_seconds: float = 60.0) -> DemoWebServer:
+    """Serve ``web_root``; reuse the port of the last run when it is free, so the URLs (and caches) hold."""
+    state = Path(state_file)
+    port = json.loads(state.read_text()).get("port", 0) if state.exists() else 0
+    try:
+        server = DemoWebServer(web_root, port=port, hang_seconds=hang_seconds)
+    except OSError:
+        server = DemoWebServer(web_root, port=0, hang_seconds=hang_seconds)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"port": server.port}))
+    return server.start()
+
+
+@task(name="check_download_against_truth")
+def check_download_against_truth(manifest: dict, truth_path: str) -> list[dict]:
+    """Planted failures against what the download reported, per status and reason (an artifact)."""
+    truth = pd.read_parquet(truth_path)
+    reasons = manifest["stats"]["reason_counts"]
+    rows = [{"status": "success", "reason": "(all)", "planted": int((truth["expected_status"] == "success").sum()),
+             "downloaded": int(manifest["rows"].get("success", 0))}]
+    for failure, status in (("http_404", "failed_to_download"), ("timeout", "failed_to_download"),
+                            ("truncated", "failed_to_download"), ("not_an_image", "failed_to_resize")):
+        rows.append({"status": status, "reason": failure, "planted": int((truth["url_failure"] == failure).sum()),
+                     "downloaded": int(reasons.get(status, {}).get(failure, 0))})
+    create_table_artifact(key="demo-download-vs-truth", table=rows,
+                          description="Planted URL failures in the demo pool against the download's report.")
+    return rows
+
+
+def demo_config(n_samples: int, seed: int) -> dict:
+    return asdict(DemoPoolConfig(n_samples=n_samples, seed=seed))

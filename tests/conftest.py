@@ -1,0 +1,99 @@
+"""Shared fixtures: Prefect's test harness, a small demo web pool served on 127.0.0.1, moto's S3."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from tasks.demo_pool.generate import generate_demo_pool, pool_index_for  # noqa: E402
+from tasks.demo_pool.server import DemoWebServer  # noqa: E402
+from tests_support import SMALL_POOL  # noqa: E402
+
+
+
+def pytest_collection_modifyitems(config, items):
+    from tasks.common.gpu import gpu_available
+
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="no NVIDIA GPU with cupy on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_web(tmp_path_factory) -> Path:
+    """A generated 600-sample web root (20 concepts, every defect planted)."""
+    root = tmp_path_factory.mktemp("web")
+    generate_demo_pool(SMALL_POOL, root, workers=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_truth(small_web) -> pd.DataFrame:
+    return pd.read_parquet(small_web / "truth.parquet")
+
+
+@pytest.fixture(scope="session")
+def web_server(small_web):
+    with DemoWebServer(small_web, hang_seconds=30) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def small_index(small_web, web_server, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("index") / "pool.parquet"
+    pool_index_for(small_web, web_server.base_url).to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1; s3fs finds it through AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")
+    yield endpoint
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request) -> str:
+    """A fresh, empty bucket; returns its s3:// URI."""
+    import boto3
+
+    name = "test-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket=name)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield f"s3://{name}"

@@ -1,0 +1,48 @@
+"""Helpers for flow tests: read shards back, and ask Prefect what its task runs did."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import fsspec
+import pandas as pd
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+FAST_DOWNLOAD = dict(slice_size=300, shard_size=100, processes=2, threads=8, image_size=256, timeout=5)
+
+
+def shard_samples(manifest: dict) -> pd.DataFrame:
+    """uid, key and image sha256 of every sample inside the manifest's tar shards."""
+    rows = []
+    for shard in manifest["outputs"]["shards"]:
+        with fsspec.open(shard["tar"], "rb") as handle, tarfile.open(fileobj=handle) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    meta = json.load(tar.extractfile(member))
+                    rows.append({"uid": meta["uid"], "key": meta["key"], "sha256": meta["sha256"],
+                                 "tar": shard["tar"]})
+    return pd.DataFrame(rows)
+
+
+def shard_metadata(manifest: dict) -> pd.DataFrame:
+    frames = []
+    for shard in manifest["outputs"]["shards"]:
+        with fsspec.open(shard["parquet"], "rb") as handle:
+            frames.append(pd.read_parquet(handle))
+    return pd.concat(frames, ignore_index=True)
+
+
+def task_runs(flow_run_id) -> list:
+    """The task runs of one flow run (subflows not included)."""
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def task_run_states(flow_run_id) -> dict[str, list[str]]:
+    """Task name -> state names of the task runs of one flow run."""
+    states: dict[str, list[str]] = {}
+    for run in task_runs(flow_run_id):
+        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+    return states
