@@ -22,7 +22,7 @@ from tasks.demo_pool.task import (check_download_against_truth, demo_config, gen
 
 @flow(name="demo", log_prints=True)
 def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed: int = 0,
-         timeout: int = 10) -> dict:
+         timeout: int = 10, dask_address: str = "") -> dict:
     """Run the pipeline on the demo web pool.
 
     Args:
@@ -31,11 +31,12 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
         n_samples: size of the demo pool.
         seed: the demo pool's seed.
         timeout: seconds before a download request is abandoned.
+        dask_address: an existing Dask scheduler (tcp://host:8786); empty means a local cluster.
     """
     work = Path(workdir).absolute()
     store = store or str(work / "store")
     web_root = str(work / "web")
-    generate_demo_pool_task(web_root, demo_config(n_samples, seed))
+    generate_demo_pool_task(web_root, demo_config(n_samples, seed), dask_address or None)
     server = start_demo_server(web_root, str(work / "server.json"))
     try:
         index = write_demo_pool_index(web_root, server.base_url, str(work / "pool_index.parquet"))
@@ -63,8 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", default="")
     parser.add_argument("--n-samples", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dask-address", default="", help="existing Dask scheduler; default: a local cluster")
     args = parser.parse_args(argv)
-    demo(workdir=args.workdir, store=args.store, n_samples=args.n_samples, seed=args.seed)
+    demo(workdir=args.workdir, store=args.store, n_samples=args.n_samples, seed=args.seed,
+         dask_address=args.dask_address)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def prefect_harness():
 def small_web(tmp_path_factory) -> Path:
     """A generated 600-sample web root (20 concepts, every defect planted)."""
     root = tmp_path_factory.mktemp("web")
-    generate_demo_pool(SMALL_POOL, root, workers=1)
+    generate_demo_pool(SMALL_POOL, root)
     return root
 
 

@@ -19,9 +19,7 @@ import io
 import json
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -238,9 +236,11 @@ def _near_duplicate(source: bytes, kind: str, rng: np.random.Generator) -> tuple
     return _encode(image, False, quality), image.width, image.height
 
 
-def generate_demo_pool(config: DemoPoolConfig, web_root: str | os.PathLike, workers: int = 2) -> dict:
+def generate_demo_pool(config: DemoPoolConfig, web_root: str | os.PathLike, client=None) -> dict:
     """Write the web root for ``config`` (skipped if an identical one is already complete).
 
+    Images are rendered on the Dask ``client``'s workers when one is given (they must see the
+    web root's folder), else in this process; the bytes are the same either way.
     Returns the content of ``generated.json``: the config, counts and content hashes.
     """
     root = Path(web_root)
@@ -268,11 +268,10 @@ def generate_demo_pool(config: DemoPoolConfig, web_root: str | os.PathLike, work
     base = plan[(plan["dup_kind"] == "") & plan["url_failure"].isin(["", "truncated", "not_an_image"])]
     columns = ["plan_row", "concept_id", "width", "height", "png", "quality", "file"]
     records = list(base[columns].itertuples(index=False, name=None))
-    chunks = [records[i::max(1, workers) * 4] for i in range(max(1, workers) * 4)]
-    jobs = [(chunk, config.seed, str(files_dir)) for chunk in chunks if chunk]
-    if workers > 1 and len(records) > 2000:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            results = [pair for part in pool.map(_render_base_chunk, jobs) for pair in part]
+    parts = 4 * (len(client.scheduler_info()["workers"]) if client is not None else 1)
+    jobs = [(records[i::parts], config.seed, str(files_dir)) for i in range(parts) if records[i::parts]]
+    if client is not None:
+        results = [pair for part in client.gather(client.map(_render_base_chunk, jobs, pure=False)) for pair in part]
     else:
         results = [pair for job in jobs for pair in _render_base_chunk(job)]
     sha = dict(results)

@@ -14,13 +14,16 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from tasks.common.dask_cluster import dask_client
 from tasks.demo_pool.generate import DemoPoolConfig, generate_demo_pool, pool_index_for
 from tasks.demo_pool.server import DemoWebServer
 
 
 @task(name="generate_demo_pool")
-def generate_demo_pool_task(web_root: str, config: dict) -> dict:
-    summary = generate_demo_pool(DemoPoolConfig(**config), web_root, workers=os.cpu_count() or 1)
+def generate_demo_pool_task(web_root: str, config: dict, dask_address: str | None = None) -> dict:
+    """Render the demo web root on a Dask cluster (local unless ``dask_address`` names a scheduler)."""
+    with dask_client(dask_address, gpu=False) as client:
+        summary = generate_demo_pool(DemoPoolConfig(**config), web_root, client=client)
     get_run_logger().info("demo web root %s: %d samples, planted %s", web_root, summary["n_samples"],
                           summary["planted"])
     return summary
@@ -69,4 +72,5 @@ def check_download_against_truth(manifest: dict, truth_path: str) -> list[dict]:
 
 
 def demo_config(n_samples: int, seed: int) -> dict:
-    return asdict(DemoPoolConfig(n_samples=n_samples, seed=seed))
+    """The default demo pool at another size: small pools keep every concept with fewer samples each."""
+    return asdict(DemoPoolConfig(n_samples=n_samples, seed=seed, min_per_concept=min(12, max(1, n_samples // 400))))

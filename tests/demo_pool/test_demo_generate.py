@@ -24,26 +24,29 @@ def _digest_tree(root):
 
 def test_same_seed_gives_identical_bytes(tmp_path, small_web):
     again = tmp_path / "again"
-    generate_demo_pool(SMALL_POOL, again, workers=1)
+    generate_demo_pool(SMALL_POOL, again)
     assert _digest_tree(again) == _digest_tree(small_web)
 
 
-def test_parallel_rendering_gives_the_same_bytes(tmp_path):
-    config = DemoPoolConfig(n_samples=2400, seed=5, n_concepts=10, min_per_concept=20)
-    generate_demo_pool(config, tmp_path / "serial", workers=1)
-    generate_demo_pool(config, tmp_path / "parallel", workers=2)
+def test_rendering_on_a_dask_cluster_gives_the_same_bytes(tmp_path):
+    from tasks.common.dask_cluster import dask_client
+
+    config = DemoPoolConfig(n_samples=600, seed=5, n_concepts=10, min_per_concept=20)
+    generate_demo_pool(config, tmp_path / "serial")
+    with dask_client(n_workers=2, gpu=False) as client:
+        generate_demo_pool(config, tmp_path / "parallel", client=client)
     assert _digest_tree(tmp_path / "serial") == _digest_tree(tmp_path / "parallel")
 
 
 def test_other_seed_gives_other_pool(tmp_path, small_truth):
     other = tmp_path / "other"
-    generate_demo_pool(DemoPoolConfig(**{**SMALL_POOL.__dict__, "seed": 12}), other, workers=1)
+    generate_demo_pool(DemoPoolConfig(**{**SMALL_POOL.__dict__, "seed": 12}), other)
     assert not set(pd.read_parquet(other / "truth.parquet")["uid"]) & set(small_truth["uid"])
 
 
 def test_complete_web_root_is_not_regenerated(small_web):
     before = (small_web / "generated.json").stat().st_mtime_ns
-    generate_demo_pool(SMALL_POOL, small_web, workers=1)
+    generate_demo_pool(SMALL_POOL, small_web)
     assert (small_web / "generated.json").stat().st_mtime_ns == before
 
 

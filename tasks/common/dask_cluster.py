@@ -1,0 +1,46 @@
+"""The Dask cluster a stage computes on.
+
+In:  an optional scheduler address; otherwise Dask's own ``scheduler-address`` setting
+     (``DASK_SCHEDULER_ADDRESS``); otherwise a new local cluster: ``dask_cuda.LocalCUDACluster``
+     (one worker per GPU) when ``gpu`` is true, or left to detection and a GPU is there,
+     else ``distributed.LocalCluster`` with one single-threaded worker process per core.
+Out: a connected ``distributed.Client`` (a context manager that also closes a cluster it made).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import dask
+from distributed import Client, LocalCluster
+
+from tasks.common.gpu import gpu_available
+
+
+def scheduler_address(address: str | None = None) -> str | None:
+    return address or dask.config.get("scheduler-address", None) or None
+
+
+@contextmanager
+def dask_client(address: str | None = None, n_workers: int | None = None, gpu: bool | None = None,
+                memory_limit: str | None = None) -> Iterator[Client]:
+    """A client on an existing scheduler, or on a local (CUDA) cluster made for the duration."""
+    address = scheduler_address(address)
+    if address:
+        with Client(address) as client:
+            yield client
+        return
+    if gpu is None:
+        gpu = gpu_available()
+    if gpu:
+        from dask_cuda import LocalCUDACluster
+
+        with LocalCUDACluster(dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+        return
+    workers = n_workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit=memory_limit or "auto") as cluster, Client(cluster) as client:
+        yield client

@@ -1,0 +1,30 @@
+"""The demo flow end to end on a small pool, twice: the second run downloads nothing."""
+
+import json
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+from prefect.client.schemas.sorting import TaskRunSort
+
+from flows.demo import demo
+
+
+def _latest_download_states(count):
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="download_slice")),
+                                     sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=count)
+    return [run.state.name for run in runs]
+
+
+def test_demo_runs_end_to_end_and_reruns_from_cache(prefect_harness, tmp_path):
+    outputs = demo(workdir=str(tmp_path / "demo"), n_samples=400, seed=3, timeout=5)
+    for row in outputs["download vs planted"]:
+        assert row["planted"] == row["downloaded"], row
+    manifest = json.loads((tmp_path / "demo/store/pools/demo/manifest.json").read_text())
+    assert manifest["rows"] == outputs["samples"] and manifest["rows"]["input"] == 400
+    assert (tmp_path / "demo/web/truth.parquet").exists()
+    assert _latest_download_states(1) == ["Completed"]
+
+    again = demo(workdir=str(tmp_path / "demo"), n_samples=400, seed=3, timeout=5)
+    assert again["samples"] == outputs["samples"]
+    assert _latest_download_states(1) == ["Cached"]
