@@ -12,10 +12,9 @@ import argparse
 import json
 
 from prefect import flow
-from prefect.futures import wait
 
 from tasks.common.errors import StageFailed
-from tasks.common.prefect_support import cached_in_store, store_from
+from tasks.common.prefect_support import cached_in_store, run_bounded, store_from
 from tasks.download.task import download_slice_task, plan_pool_download, publish_pool_manifest
 
 
@@ -24,10 +23,10 @@ def pool_refresh(
     pool_index: str,
     store: str,
     pool_name: str = "pool",
-    slice_size: int = 50_000,
-    concurrent_slices: int = 1,
+    slice_size: int = 100_000,
     shard_size: int = 10_000,
     processes: int = 2,
+    processes_per_slice: int = 1,
     threads: int = 64,
     image_size: int = 512,
     resize_mode: str = "keep_ratio",
@@ -42,9 +41,10 @@ def pool_refresh(
         store: root of the store: a local folder or s3://bucket/prefix.
         pool_name: the pool's folder name under ``<store>/pools/``.
         slice_size: rows per slice; each slice is one retried, cached task.
-        concurrent_slices: slices downloading at once (each uses ``processes`` processes).
         shard_size: samples per webdataset shard.
-        processes: img2dataset processes per slice.
+        processes: img2dataset processes in all; ``processes // processes_per_slice`` slices
+            download at once, so one slice's start-up and tail overlap another's downloads.
+        processes_per_slice: img2dataset processes of one slice.
         threads: img2dataset threads per process.
         image_size: img2dataset image size (with ``resize_mode``; only shrinks, as DataComp).
         resize_mode: img2dataset resize mode.
@@ -55,15 +55,11 @@ def pool_refresh(
         The pool manifest (also at ``<store>/pools/<pool_name>/manifest.json``).
     """
     config = dict(image_size=image_size, resize_mode=resize_mode, timeout=timeout, retries=retries,
-                  shard_size=shard_size, processes=processes, threads=threads)
+                  shard_size=shard_size, processes=processes_per_slice, threads=threads)
     plans = plan_pool_download(pool_index, store, pool_name, slice_size, config, storage_options)
     download = cached_in_store(download_slice_task, store_from(store, storage_options))
-    states = []
-    for start in range(0, len(plans), max(1, concurrent_slices)):
-        batch = [download.submit(store, plan, config, storage_options)
-                 for plan in plans[start:start + max(1, concurrent_slices)]]
-        wait(batch)
-        states.extend(future.state for future in batch)
+    states = run_bounded(download, [(store, plan, config, storage_options) for plan in plans],
+                         limit=max(1, processes // max(1, processes_per_slice)))
     failed = [plan["index"] for plan, state in zip(plans, states) if not state.is_completed()]
     if failed:
         raise StageFailed(f"pool {pool_name!r}: slices {failed} failed after retries; finished slices are kept, "
@@ -77,17 +73,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool-index", required=True)
     parser.add_argument("--store", required=True)
     parser.add_argument("--pool-name", default="pool")
-    parser.add_argument("--slice-size", type=int, default=50_000)
-    parser.add_argument("--concurrent-slices", type=int, default=1)
+    parser.add_argument("--slice-size", type=int, default=100_000)
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--processes-per-slice", type=int, default=1)
     parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--timeout", type=int, default=10)
     args = parser.parse_args(argv)
     manifest = pool_refresh(pool_index=args.pool_index, store=args.store, pool_name=args.pool_name,
-                            slice_size=args.slice_size, concurrent_slices=args.concurrent_slices,
-                            shard_size=args.shard_size, processes=args.processes, threads=args.threads,
+                            slice_size=args.slice_size, shard_size=args.shard_size, processes=args.processes,
+                            processes_per_slice=args.processes_per_slice, threads=args.threads,
                             image_size=args.image_size, timeout=args.timeout)
     print(json.dumps({"manifest": f"{manifest['store']}/pools/{manifest['name']}/manifest.json",
                       "rows": manifest["rows"]}, indent=2))

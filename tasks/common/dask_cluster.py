@@ -9,6 +9,7 @@ Out: a connected ``distributed.Client`` (a context manager that also closes a cl
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from typing import Iterator
@@ -42,5 +43,6 @@ def dask_client(address: str | None = None, n_workers: int | None = None, gpu: b
         return
     workers = n_workers or os.cpu_count() or 1
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit=memory_limit or "auto") as cluster, Client(cluster) as client:
+                      memory_limit=memory_limit or "auto", silence_logs=logging.WARNING) as cluster, \
+            Client(cluster) as client:
         yield client

@@ -53,3 +53,28 @@ def retry_unless_input_error(task, task_run, state) -> bool:
     except Exception:  # noqa: BLE001 - anything else is worth a retry
         return True
     return True
+
+
+def run_bounded(task: Task, calls: list[tuple], limit: int) -> list:
+    """Submit ``task`` once per argument tuple, at most ``limit`` running at a time; return final states.
+
+    A slot is refilled as soon as any running call finishes, so one slow call never holds the
+    others back. States come back in the order of ``calls``; failures are returned, not raised.
+    """
+    from prefect.futures import as_completed
+
+    limit = max(1, limit)
+    futures: dict[int, Any] = {}
+    running: dict[Any, int] = {}
+    queue = list(enumerate(calls))
+    while queue or running:
+        while queue and len(running) < limit:
+            position, args = queue.pop(0)
+            future = task.submit(*args)
+            futures[position] = future
+            running[future] = position
+        finished = next(as_completed(list(running)))
+        running.pop(finished)
+    for future in futures.values():
+        future.wait()  # records the final state on the future; without it .state asks the API, which may lag
+    return [futures[i].state for i in range(len(calls))]

@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
@@ -87,9 +88,7 @@ class DownloadConfig:
 
 
 def stage_code_version() -> str:
-    import img2dataset  # noqa: F401 - its version is part of what made the shards
-    from importlib.metadata import version
-
+    """This module's source and img2dataset's version (read from its metadata: importing it costs seconds)."""
     return code_version("tasks.download.slices", extra={"img2dataset": version("img2dataset")})
 
 

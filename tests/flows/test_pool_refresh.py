@@ -76,7 +76,7 @@ def test_second_run_executes_no_download_task(first_run, small_index, web_server
 
 def test_parallelism_does_not_change_the_cache_key(first_run, small_index, web_server):
     before = sum(web_server.requests.values())
-    options = dict(FAST_DOWNLOAD, processes=1, threads=4)
+    options = dict(FAST_DOWNLOAD, processes=2, processes_per_slice=2, threads=4)
     pool_refresh(pool_index=str(small_index), store=str(first_run["store"]), pool_name="e2e", **options)
     assert sum(web_server.requests.values()) == before
 

@@ -1,0 +1,46 @@
+# Two commands on a fresh machine:
+#   make demo   - create .venv, install, run the main job (flows/demo.py) on the embedded default
+#   make test   - create .venv, install, run the tests
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test ui deploy worker benchmarks clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[test]'
+	@# img2dataset depends on the PyPI backport 'dataclasses', which shadows the standard
+	@# library and kills Prefect's API server process: remove it.
+	$(PY) -m pip uninstall -y dataclasses
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m flows.demo
+
+test: install
+	$(PY) -m pytest
+
+# The Prefect UI on the runs made so far (the demo's included): http://127.0.0.1:4200
+ui: install
+	$(VENV)/bin/prefect server start
+
+# Register prefect.yaml's deployments with the running server, and run a process worker.
+deploy: install
+	$(VENV)/bin/prefect work-pool create curation-process --type process --overwrite
+	$(VENV)/bin/prefect --no-prompt deploy --all
+
+worker: install
+	$(VENV)/bin/prefect worker start --pool curation-process
+
+benchmarks: install
+	$(PY) benchmarks/download.py
+
+clean:
+	rm -rf .demo .pytest_cache
