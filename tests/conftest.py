@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 
 from tasks.demo_pool.generate import generate_demo_pool, pool_index_for  # noqa: E402
 from tasks.demo_pool.server import DemoWebServer  # noqa: E402
-from tests_support import SMALL_POOL  # noqa: E402
+from tests_support import FAST_DOWNLOAD, SMALL_POOL  # noqa: E402
 
 
 
@@ -97,3 +97,16 @@ def s3_bucket(s3_endpoint, request) -> str:
 
     s3fs.S3FileSystem.clear_instance_cache()
     yield f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def small_pool(prefect_harness, small_index, web_server, tmp_path_factory) -> dict:
+    """The small pool downloaded once by pool_refresh: its store, manifest and the requests it made."""
+    from flows.pool_refresh import pool_refresh
+
+    store = tmp_path_factory.mktemp("store")
+    before = sum(web_server.requests.values())
+    state = pool_refresh(pool_index=str(small_index), store=str(store), pool_name="e2e", return_state=True,
+                         **FAST_DOWNLOAD)
+    return {"state": state, "manifest": state.result(), "store": store,
+            "requests": sum(web_server.requests.values()) - before}

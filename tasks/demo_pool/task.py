@@ -10,11 +10,14 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from tasks.common.dask_cluster import dask_client
+from tasks.demo_pool.eval_sets import generate_eval_sets
+from tasks.evaluate.by_frequency import recall_by_frequency
 from tasks.demo_pool.generate import DemoPoolConfig, generate_demo_pool, pool_index_for
 from tasks.demo_pool.server import DemoWebServer
 
@@ -69,6 +72,39 @@ def check_download_against_truth(manifest: dict, truth_path: str) -> list[dict]:
     create_table_artifact(key="demo-download-vs-truth", table=rows,
                           description="Planted URL failures in the demo pool against the download's report.")
     return rows
+
+
+@task(name="generate_demo_eval_sets")
+def generate_demo_eval_sets_task(folder: str, seed: int) -> str:
+    """Held-out, balanced evaluation sets; returns the task list path."""
+    return generate_eval_sets(folder, seed=seed)
+
+
+@task(name="long_tail_report")
+def long_tail_report(results_uri: str, truth_path: str, manifest: dict) -> dict:
+    """Zero-shot recall per concept against the concept's count among the downloaded training samples.
+
+    An evaluation step: it reads the truth file (true concepts) and the shard parquets (which
+    samples were downloaded).
+    """
+    import fsspec
+
+    with fsspec.open(f"{results_uri}/results.jsonl", "r") as handle:
+        lines = [json.loads(line) for line in handle if line.strip()]
+    concepts = next(line for line in reversed(lines) if line["key"] == "demo/concepts")
+    downloaded = set()
+    for shard in manifest["outputs"]["shards"]:
+        with fsspec.open(shard["parquet"], "rb") as handle:
+            meta = pd.read_parquet(handle, columns=["uid", "status"])
+        downloaded.update(meta.loc[meta["status"] == "success", "uid"])
+    truth = pd.read_parquet(truth_path, columns=["uid", "concept_id"])
+    counts = np.bincount(truth.loc[truth["uid"].isin(downloaded), "concept_id"],
+                         minlength=len(concepts["metrics"]["per_class_recall"]))
+    report = recall_by_frequency(concepts["metrics"]["per_class_recall"], counts)
+    create_table_artifact(key="demo-long-tail", table=report["groups"],
+                          description="Zero-shot recall of the model trained on the raw pool, by how often "
+                                      f"the concept occurs in it (Spearman {report['spearman_count_vs_recall']}).")
+    return report
 
 
 def demo_config(n_samples: int, seed: int) -> dict:

@@ -17,7 +17,6 @@ slice folder name holds the cache key, so different inputs or configs never shar
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
@@ -37,6 +36,7 @@ import pandas as pd
 
 from tasks.common.errors import InputError, StageFailed
 from tasks.common.hashing import code_version, hash_json
+from tasks.common.process import die_with_parent
 from tasks.common.store import Store
 from tasks.download.pool_index import SlicePlan, passthrough_columns
 from tasks.download.report import classify_error
@@ -194,14 +194,6 @@ def _img2dataset_argv(input_file: Path, output: Path, columns: list[str], config
     return [sys.executable, "-c", code] + [f"--{k}={v}" for k, v in options.items()]
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL if the parent dies, so a killed flow leaves no download behind."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _stop_stale_run(pid_file: Path, log) -> None:
     """Kill what is left of an earlier, interrupted img2dataset run of this slice (its process group)."""
     if not pid_file.exists():
@@ -225,7 +217,7 @@ def _run_img2dataset(input_file: Path, output: Path, staging: Path, columns: lis
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(_img2dataset_argv(input_file, output, columns, config), stdout=log_file,
                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                   preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                   preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
         pid_file.write_text(str(process.pid))
         try:
             returncode = process.wait()

@@ -10,7 +10,7 @@ import pandas as pd
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-FAST_DOWNLOAD = dict(slice_size=300, shard_size=100, processes=2, threads=8, image_size=256, timeout=5)
+from tests_support import FAST_DOWNLOAD  # noqa: F401 - re-exported for the flow tests
 
 
 def shard_samples(manifest: dict) -> pd.DataFrame:

@@ -14,13 +14,8 @@ PLANTED = {"failed_to_download": ("http_404", "timeout", "truncated"), "failed_t
 
 
 @pytest.fixture(scope="module")
-def first_run(prefect_harness, small_index, web_server, tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
-    before = sum(web_server.requests.values())
-    state = pool_refresh(pool_index=str(small_index), store=str(store), pool_name="e2e", return_state=True,
-                         **FAST_DOWNLOAD)
-    return {"state": state, "manifest": state.result(), "store": store,
-            "requests": sum(web_server.requests.values()) - before}
+def first_run(small_pool):
+    return small_pool
 
 
 def _check_against_truth(manifest, truth):

@@ -1,0 +1,111 @@
+"""The demo's evaluation sets: held out from the pool, balanced over every concept.
+
+In:  a seed, a folder, and how many images per concept.
+Out: in the folder, clip_benchmark-layout sets (see :mod:`tasks.evaluate.eval_sets`) and
+     ``tasklist.yml`` naming them:
+
+- ``concepts/``: zero-shot classification over all 100 concepts, ``per_class`` images each,
+  class names = the concepts' canonical names, a few prompt templates;
+- ``retrieval/``: ``per_concept_retrieval`` images per concept, each with 3 English captions
+  drawn from the pool's caption templates (no junk, no boilerplate).
+
+Images are rendered like the pool's normal images, from random streams the pool never uses, so
+no evaluation image is part of the pool. Rare concepts get as many images as common ones.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from tasks.demo_pool.captions import TEMPLATES, _article
+from tasks.demo_pool.concepts import CONCEPTS
+from tasks.demo_pool.render import render_concept
+
+ZEROSHOT_TEMPLATES = ("a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "{c} icon",
+                      "a drawing of a {c}.")
+EVAL_STREAM = 1000  # random streams of the pool use 0-7; evaluation images use 1000+
+
+
+def _render(concept_id: int, rng: np.random.Generator) -> bytes:
+    side = int(rng.integers(64, 193))
+    aspect = rng.uniform(0.75, 1.33)
+    size = (int(round(side * aspect)), side) if aspect >= 1 else (side, int(round(side / aspect)))
+    buffer = io.BytesIO()
+    render_concept(CONCEPTS[concept_id], size, rng).save(buffer, format="JPEG", quality=int(rng.integers(80, 96)))
+    return buffer.getvalue()
+
+
+def _caption(concept_id: int, rng: np.random.Generator) -> str:
+    synonyms = CONCEPTS[concept_id].synonyms
+    name = synonyms[rng.integers(len(synonyms))]
+    return TEMPLATES[rng.integers(len(TEMPLATES))].format(a=_article(name), c=name)
+
+
+def _write_set(folder: Path, samples: list[dict], shard_size: int = 1000) -> None:
+    split = folder / "test"
+    split.mkdir(parents=True)
+    shards = [samples[i:i + shard_size] for i in range(0, len(samples), shard_size)]
+    for number, shard in enumerate(shards):
+        with tarfile.open(split / f"{number}.tar", "w") as tar:
+            for sample in shard:
+                for ext, data in sample.items():
+                    if ext == "__key__":
+                        continue
+                    info = tarfile.TarInfo(f"{sample['__key__']}.{ext}")
+                    info.size, info.mtime = len(data), 0
+                    tar.addfile(info, io.BytesIO(data))
+    (split / "nshards.txt").write_text(f"{len(shards)}\n")
+
+
+def generate_eval_sets(folder: str | os.PathLike, seed: int = 0, n_concepts: int = 100, per_class: int = 10,
+                       per_concept_retrieval: int = 3) -> str:
+    """Write both sets and the task list (skipped if a complete identical one exists); return the task list path."""
+    root = Path(folder)
+    config = {"seed": seed, "n_concepts": n_concepts, "per_class": per_class,
+              "per_concept_retrieval": per_concept_retrieval, "version": 1}
+    marker = root / "generated.json"
+    if marker.exists() and json.loads(marker.read_text()) == config:
+        return str(root / "tasklist.yml")
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+
+    classification = []
+    for concept_id in range(n_concepts):
+        for i in range(per_class):
+            rng = np.random.default_rng([seed, EVAL_STREAM, concept_id, i])
+            classification.append({"jpg": _render(concept_id, rng), "cls": str(concept_id).encode()})
+    order = np.random.default_rng([seed, EVAL_STREAM + 1]).permutation(len(classification))
+    classification = [dict(classification[i], __key__=f"s{n:07d}") for n, i in enumerate(order)]
+    _write_set(root / "concepts", classification)
+    (root / "concepts" / "classnames.txt").write_text("\n".join(c.name for c in CONCEPTS[:n_concepts]) + "\n")
+    (root / "concepts" / "zeroshot_classification_templates.txt").write_text("\n".join(ZEROSHOT_TEMPLATES) + "\n")
+
+    retrieval = []
+    for concept_id in range(n_concepts):
+        for i in range(per_concept_retrieval):
+            rng = np.random.default_rng([seed, EVAL_STREAM + 2, concept_id, i])
+            captions = "\n".join(_caption(concept_id, rng) for _ in range(3))
+            retrieval.append({"__key__": f"s{len(retrieval):07d}", "jpg": _render(concept_id, rng),
+                              "txt": captions.encode(), "cls": str(concept_id).encode()})
+    _write_set(root / "retrieval", retrieval)
+    (root / "retrieval" / "dataset_type.txt").write_text("retrieval\n")
+
+    tasklist = {
+        "demo/concepts": {"name": "Demo concepts (balanced, 100 classes)", "path": "concepts",
+                          "type": "zeroshot_classification", "main_metric": "acc1",
+                          "num_classes": n_concepts, "random_score": round(1 / n_concepts, 6), "size": len(classification)},
+        "demo/retrieval": {"name": "Demo image-text retrieval", "path": "retrieval", "type": "retrieval",
+                           "main_metric": "mean_recall@1", "size": len(retrieval)},
+    }
+    (root / "tasklist.yml").write_text(yaml.safe_dump(tasklist, sort_keys=False))
+    marker.write_text(json.dumps(config))
+    return str(root / "tasklist.yml")

@@ -1,0 +1,45 @@
+"""Accuracy against how often a class occurs in the training data: does the long tail show?
+
+In:  per-class recall (from zero-shot classification) and each class's count in the training data.
+Out: rows of a table, one per frequency group (head, torso, tail by rank of count), with the
+     group's count range, training-sample share and mean recall; and Spearman's rank correlation
+     between count and recall over all classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    # average ranks of ties, so that equal counts do not create a correlation of their own
+    unique, inverse = np.unique(values, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / np.bincount(inverse))[inverse]
+
+
+def recall_by_frequency(per_class_recall: list[float | None], class_counts: np.ndarray,
+                        groups: tuple[tuple[str, float, float], ...] = (("head (top 10%)", 0.0, 0.1),
+                                                                       ("torso", 0.1, 0.5),
+                                                                       ("tail (bottom 50%)", 0.5, 1.0))) -> dict:
+    recall = np.array([np.nan if r is None else r for r in per_class_recall], dtype=float)
+    counts = np.asarray(class_counts, dtype=float)
+    valid = ~np.isnan(recall)
+    order = np.argsort(-counts, kind="stable")
+    order = order[valid[order]]
+    total = counts.sum()
+    rows = []
+    for name, low, high in groups:
+        members = order[int(np.ceil(low * len(order))):int(np.ceil(high * len(order)))]
+        if len(members) == 0:
+            continue
+        rows.append({"group": name, "classes": int(len(members)),
+                     "train_samples_per_class": f"{int(counts[members].min())}-{int(counts[members].max())}",
+                     "train_share": round(float(counts[members].sum() / total), 4),
+                     "mean_recall": round(float(recall[members].mean()), 4)})
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant recall: no correlation (NaN)
+        spearman = float(np.corrcoef(_ranks(counts[valid]), _ranks(recall[valid]))[0, 1])
+    return {"groups": rows, "spearman_count_vs_recall": round(spearman, 4)}

@@ -1,0 +1,84 @@
+"""Evaluate one checkpoint on a task list; one result line per task; finished tasks are skipped.
+
+In:  the store, a model name and checkpoint, a task list, and where the results go in the store.
+Out: ``<results>/results.jsonl`` (one JSON object per task: key, name, type, main metric,
+     metrics, checkpoint), rewritten atomically after each task so a crash loses at most the
+     task in progress, and ``<results>/summary.json`` with the aggregate table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from tasks.common.hashing import hash_json
+from tasks.common.store import Store
+from tasks.evaluate.eval_sets import EvalTask, iter_samples, open_eval_set, read_tasklist
+from tasks.evaluate.metrics import class_embeddings, retrieval, zeroshot_classification
+from tasks.evaluate.model import ClipEmbedder
+
+
+def run_task(embedder: ClipEmbedder, task: EvalTask) -> dict:
+    eval_set = open_eval_set(task)
+    images, targets = [], []
+    for image, target in iter_samples(eval_set):
+        images.append(image)
+        targets.append(target)
+    if not images:
+        raise ValueError(f"evaluation set {task.key!r} at {task.path} holds no samples")
+    image_embeddings = embedder.embed_images(images)
+    if task.type == "retrieval":
+        texts = [caption for captions in targets for caption in captions]
+        text_image = np.repeat(np.arange(len(targets)), [len(c) for c in targets])
+        return retrieval(image_embeddings, embedder.embed_texts(texts), text_image)
+    prompts = [template.replace("{c}", name) for name in eval_set.classnames for template in eval_set.templates]
+    template_embeddings = embedder.embed_texts(prompts).reshape(len(eval_set.classnames), len(eval_set.templates), -1)
+    labels = np.asarray(targets)
+    if labels.max() >= len(eval_set.classnames):
+        raise ValueError(f"evaluation set {task.key!r}: class index {labels.max()} but only "
+                         f"{len(eval_set.classnames)} class names")
+    metrics = zeroshot_classification(image_embeddings, class_embeddings(template_embeddings), labels)
+    metrics["classnames"] = eval_set.classnames
+    return metrics
+
+
+def read_results(store: Store, results: str) -> list[dict]:
+    path = f"{results}/results.jsonl"
+    if not store.exists(path):
+        return []
+    return [json.loads(line) for line in store.read_bytes(path).decode().splitlines() if line.strip()]
+
+
+def evaluate_checkpoint(store: Store, model: str, checkpoint: str, tasklist: str, results: str,
+                        eval_root: str | None = None, log=print) -> dict:
+    """Run every task of the list not already in the results; return the summary."""
+    tasks = read_tasklist(tasklist, eval_root)
+    identity = hash_json({"model": model, "checkpoint": checkpoint})
+    lines = read_results(store, results)
+    done = {(line["key"], line["identity"]) for line in lines}
+    embedder = None
+    for task in tasks:
+        if (task.key, identity) in done:
+            log(f"evaluation {task.key}: already in {results}/results.jsonl, skipped")
+            continue
+        embedder = embedder or ClipEmbedder(model, checkpoint)
+        started = time.monotonic()
+        metrics = run_task(embedder, task)
+        lines.append({"key": task.key, "dataset": task.name, "type": task.type, "main_metric": task.main_metric,
+                      "main_score": metrics[task.main_metric], "random_score": task.random_score,
+                      "metrics": metrics, "model": model, "checkpoint": checkpoint, "identity": identity,
+                      "seconds": round(time.monotonic() - started, 2)})
+        store.write_bytes(f"{results}/results.jsonl",
+                          "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode())
+        log(f"evaluation {task.key}: {task.main_metric} = {metrics[task.main_metric]:.4f}")
+    mine = [line for line in lines if line["identity"] == identity and line["key"] in {t.key for t in tasks}]
+    summary = {
+        "model": model, "checkpoint": checkpoint,
+        "tasks": [{"key": line["key"], "dataset": line["dataset"], "main_metric": line["main_metric"],
+                   "score": round(line["main_score"], 4), "random_score": line["random_score"]} for line in mine],
+        "average": round(float(np.mean([line["main_score"] for line in mine])), 4) if mine else None,
+    }
+    store.write_json(f"{results}/summary.json", summary)
+    return summary
