@@ -2,17 +2,16 @@
 
 - :func:`hash_text`, :func:`hash_json`: sha256 hex of a string or of canonical JSON.
 - :func:`hash_columns`: sha256 of some string columns of a data frame, row by row, in order.
-- :func:`code_version`: a hash of the source files of the given modules, so that a cache entry
-  made by other code is never reused.
+- :func:`code_version`: a stage's declared version and its libraries' versions, so that a cache
+  entry made by code that writes something else is never reused.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
 from functools import lru_cache
+from importlib import metadata
 from typing import Any, Iterable
 
 import pandas as pd
@@ -40,13 +39,12 @@ def hash_columns(frame: pd.DataFrame, columns: Iterable[str]) -> str:
 
 
 @lru_cache(maxsize=None)
-def _module_source_hash(module_name: str) -> str:
-    module = importlib.import_module(module_name)
-    return hash_text(inspect.getsource(module))
+def code_version(stage: str, version: int, libraries: tuple[str, ...] = ()) -> str:
+    """A stage's code version for cache keys: its declared ``version`` and its libraries' versions.
 
-
-def code_version(*module_names: str, extra: dict[str, str] | None = None) -> str:
-    """Short hash of the source of the named modules plus ``extra`` (for example package versions)."""
-    parts = {name: _module_source_hash(name) for name in sorted(module_names)}
-    parts.update(extra or {})
-    return hash_json(parts)[:16]
+    The declared version is bumped when a change alters what the stage writes; refactors leave it
+    alone, so they do not throw away finished work (a pool's downloads, a training run). A new
+    release of a library that makes the output (img2dataset, open_clip, torch) changes it too.
+    """
+    return hash_json({"stage": stage, "version": version,
+                      "libraries": {name: metadata.version(name) for name in libraries}})[:16]

@@ -12,6 +12,7 @@ Paths given to the methods are relative to the root and use ``/``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -60,6 +61,18 @@ class Store:
     def local_path(self, rel: str = "") -> Path | None:
         """The local path of ``rel`` when the store is local, else ``None``."""
         return Path(self.path(rel)) if self.is_local else None
+
+    def staging_path(self, rel: str) -> Path:
+        """A local folder for work in progress on ``rel``, stable across runs on this machine.
+
+        Inside a local store (``_staging/<rel>``, so finished files are published by a rename);
+        for an object store, under ``$CURATION_STAGING_DIR`` (default: the system temp folder).
+        """
+        local = self.local_path(f"_staging/{rel}")
+        if local is not None:
+            return local
+        base = Path(os.environ.get("CURATION_STAGING_DIR", Path(tempfile.gettempdir()) / "clip-curation-staging"))
+        return base / hashlib.sha256(self.root.encode()).hexdigest()[:16] / rel
 
     # ----- checks -------------------------------------------------------------
     def check_writable(self) -> None:

@@ -25,11 +25,9 @@ import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
@@ -87,9 +85,11 @@ class DownloadConfig:
         return config
 
 
+STAGE_VERSION = 1  # bump when a change alters the shards or the slice result
+
+
 def stage_code_version() -> str:
-    """This module's source and img2dataset's version (read from its metadata: importing it costs seconds)."""
-    return code_version("tasks.download.slices", extra={"img2dataset": version("img2dataset")})
+    return code_version("download", STAGE_VERSION, ("img2dataset",))
 
 
 def slice_key(plan: SlicePlan, config: DownloadConfig) -> str:
@@ -126,13 +126,8 @@ class SliceResult:
 
 
 def staging_dir(store: Store, plan: SlicePlan, config: DownloadConfig) -> Path:
-    """Where img2dataset writes before publishing: inside a local store, else a local cache folder."""
-    name = slice_folder(plan, config).split("/", 1)[1]
-    local = store.local_path(f"_staging/{name}")
-    if local is not None:
-        return local
-    base = Path(os.environ.get("CURATION_STAGING_DIR", Path(tempfile.gettempdir()) / "clip-curation-staging"))
-    return base / hashlib.sha256(store.root.encode()).hexdigest()[:16] / name
+    """Where img2dataset writes before publishing (see :meth:`Store.staging_path`)."""
+    return store.staging_path(slice_folder(plan, config).split("/", 1)[1])
 
 
 def write_slice_input(store: Store, plan: SlicePlan, rows: pd.DataFrame) -> str:

@@ -11,8 +11,9 @@ An evaluation set is a folder (local or ``s3://``)::
 The task list is DataComp's ``tasklist.yml`` format: a mapping from task key to ``name``,
 ``main_metric`` (default ``acc1``; ``mean_recall@1`` for retrieval), and optionally ``path``
 (default ``<eval_root>/wds_<key with / as ->_test``, DataComp's download layout), ``type``
-(``zeroshot_classification`` or ``retrieval``; default from ``dataset_type.txt``), ``split``
-(default ``test``), ``random_score`` and ``tags``.
+(``zeroshot_classification`` or ``retrieval``; by default ``retrieval`` for ``retrieval/`` keys
+or a ``dataset_type.txt`` saying so, ``unsupported`` for DataComp's ``wilds/``, ``fairness/``
+and ``misc/`` tasks, which are skipped), ``split`` (default ``test``), ``random_score``, ``tags``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from PIL import Image
 from tasks.common.errors import InputError
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
-TASK_TYPES = ("zeroshot_classification", "retrieval")
+TASK_TYPES = ("zeroshot_classification", "retrieval", "unsupported")
+# DataComp task families that need metrics this project does not implement (WILDS, fairness, WinoGAViL)
+UNSUPPORTED_PREFIXES = ("wilds/", "fairness/", "misc/")
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,7 @@ def read_tasklist(tasklist: str, eval_root: str | None = None) -> list[EvalTask]
         path = settings.get("path") or posixpath.join(base, f"wds_{key.replace('/', '-')}_test")
         if "://" not in path and not path.startswith("/"):
             path = posixpath.join(base, path)
-        kind = settings.get("type") or ("retrieval" if (_read_text(posixpath.join(path, "dataset_type.txt")) or ""
-                                                       ).strip().lower() == "retrieval" else "zeroshot_classification")
+        kind = settings.get("type") or _default_type(str(key), path)
         if kind not in TASK_TYPES:
             raise InputError(f"task list {tasklist!r}: task {key!r} has type {kind!r}, not one of {TASK_TYPES}")
         default_metric = "mean_recall@1" if kind == "retrieval" else "acc1"
@@ -89,6 +91,15 @@ def read_tasklist(tasklist: str, eval_root: str | None = None) -> list[EvalTask]
                               main_metric=settings.get("main_metric", default_metric),
                               random_score=settings.get("random_score"), tags=tuple(settings.get("tags", ()))))
     return tasks
+
+
+def _default_type(key: str, path: str) -> str:
+    if key.startswith(UNSUPPORTED_PREFIXES):
+        return "unsupported"
+    if key.startswith("retrieval/"):
+        return "retrieval"
+    declared = (_read_text(posixpath.join(path, "dataset_type.txt")) or "").strip().lower()
+    return "retrieval" if declared == "retrieval" else "zeroshot_classification"
 
 
 def open_eval_set(task: EvalTask) -> EvalSet:

@@ -60,6 +60,9 @@ def evaluate_checkpoint(store: Store, model: str, checkpoint: str, tasklist: str
     done = {(line["key"], line["identity"]) for line in lines}
     embedder = None
     for task in tasks:
+        if task.type == "unsupported":
+            log(f"evaluation {task.key}: {task.name} needs metrics this project does not implement, skipped")
+            continue
         if (task.key, identity) in done:
             log(f"evaluation {task.key}: already in {results}/results.jsonl, skipped")
             continue

@@ -11,6 +11,9 @@ from tasks.common.prefect_support import RETRY_DELAYS, retry_unless_input_error,
 from tasks.evaluate.runner import evaluate_checkpoint
 
 
+EVALUATE_VERSION = 1  # bump when a change alters the metrics
+
+
 def _tasklist_hash(tasklist: str) -> str:
     with fsspec.open(tasklist, "rb") as handle:
         return hash_json(handle.read().decode())
@@ -20,7 +23,7 @@ def _eval_cache_key(context, parameters) -> str:
     return "evaluate-" + hash_json({
         "model": parameters["model"], "checkpoint": parameters["checkpoint"],
         "tasklist": _tasklist_hash(parameters["tasklist"]), "results": parameters["results"],
-        "code": code_version("tasks.evaluate.runner", "tasks.evaluate.metrics", "tasks.evaluate.eval_sets"),
+        "code": code_version("evaluate", EVALUATE_VERSION, ("open_clip_torch", "torch")),
     })
 
 

@@ -13,6 +13,16 @@ from pathlib import Path
 MODEL_CONFIGS = Path(__file__).with_name("model_configs")
 
 
+def known_models() -> set[str]:
+    """Names of open_clip's built-in model configs and of this project's, read from the config files
+    (without importing open_clip and torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    builtin = Path(next(iter(spec.submodule_search_locations))) / "model_configs"
+    return {p.stem for folder in (builtin, MODEL_CONFIGS) for p in folder.glob("*.json")}
+
+
 def register_model_configs() -> None:
     import open_clip
 

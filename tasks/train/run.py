@@ -16,18 +16,15 @@ resumed run sees as many samples as an uninterrupted one (the interrupted epoch 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import fsspec
@@ -36,6 +33,7 @@ from tasks.common.errors import InputError, StageFailed
 from tasks.common.hashing import code_version, hash_json
 from tasks.common.process import die_with_parent
 from tasks.common.store import Store
+from tasks.train.launch import known_models
 from tasks.train.scales import TrainConfig
 
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
@@ -63,9 +61,11 @@ class TrainResult:
         return asdict(self)
 
 
+STAGE_VERSION = 1  # bump when a change alters what a run trains or writes
+
+
 def stage_code_version() -> str:
-    return code_version("tasks.train.run", "tasks.train.launch",
-                        extra={"open_clip": version("open_clip_torch"), "torch": version("torch")})
+    return code_version("train", STAGE_VERSION, ("open_clip_torch", "torch"))
 
 
 def training_key(data_hash: str, config: TrainConfig) -> str:
@@ -90,14 +90,6 @@ def check_shards(shards: list[str], n_samples: int) -> None:
             raise InputError(f"training shard {shard}: the file is empty")
 
 
-def _staging(store: Store, folder: str) -> Path:
-    local = store.local_path(f"_staging/{folder}")
-    if local is not None:
-        return local
-    base = Path(os.environ.get("CURATION_STAGING_DIR", Path(tempfile.gettempdir()) / "clip-curation-staging"))
-    return base / hashlib.sha256(store.root.encode()).hexdigest()[:16] / folder
-
-
 def _train_data_arg(shards: list[str]) -> str:
     """open_clip's ``--train-data``: local paths, or a pipe that streams a remote shard through fsspec."""
     parts = []
@@ -110,9 +102,15 @@ def _train_data_arg(shards: list[str]) -> str:
 
 
 def _devices() -> tuple[str, int]:
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    """("cuda", number of visible GPUs) or ("cpu", 1), asked of nvidia-smi: importing torch here would
+    cost the training child seconds of CPU on a small machine."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=30, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return "cpu", 1
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    count = len([d for d in visible.split(",") if d.strip()]) if visible is not None else len(listing)
     return ("cuda", count) if count else ("cpu", 1)
 
 
@@ -193,7 +191,7 @@ def _restore_from_store(publisher: CheckpointPublisher, checkpoints: Path, log) 
     return epoch
 
 
-def _command(args: list[str], device: str, world: int) -> list[str]:
+def _command(args: list[str], world: int) -> list[str]:
     if world > 1:
         return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "-m",
                 "tasks.train.launch", *args]
@@ -209,15 +207,10 @@ def train_clip(store: Store, shards: list[str], data_hash: str, n_samples: int, 
     if store.exists(marker):
         return TrainResult(**store.read_json(marker))
     check_shards(shards, n_samples)
-    from tasks.train.launch import register_model_configs
-
-    register_model_configs()
-    import open_clip
-
-    if config.model not in open_clip.list_models():
+    if config.model not in known_models():
         raise InputError(f"training parameter model: {config.model!r} is not an open_clip model config")
 
-    staging = _staging(store, folder)
+    staging = store.staging_path(folder)
     checkpoints = staging / "run" / "checkpoints"
     publisher = CheckpointPublisher(store, folder, checkpoints)
     resumed_from = _restore_from_store(publisher, checkpoints, log)
@@ -235,7 +228,7 @@ def train_clip(store: Store, shards: list[str], data_hash: str, n_samples: int, 
     syncer = threading.Thread(target=keep_publishing, name="checkpoint-publisher", daemon=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
     with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(_command(args, device, world), stdout=log_file, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(_command(args, world), stdout=log_file, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True,
                                    preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
         syncer.start()

@@ -72,3 +72,11 @@ def test_missing_tasklist_and_shards(tmp_path):
     (task,) = read_tasklist(str(tmp_path / "t.yml"))
     with pytest.raises(InputError, match="nowhere/test/nshards.txt"):
         open_eval_set(task)
+
+
+def test_datacomp_task_kinds(tmp_path):
+    (tmp_path / "t.yml").write_text("retrieval/flickr30k:\n  name: Flickr\nwilds/fmow:\n  name: FMoW\n"
+                                    "fairness/geode:\n  name: GeoDE\nimagenet1k:\n  name: ImageNet\n")
+    kinds = {t.key: t.type for t in read_tasklist(str(tmp_path / "t.yml"))}
+    assert kinds == {"retrieval/flickr30k": "retrieval", "wilds/fmow": "unsupported",
+                     "fairness/geode": "unsupported", "imagenet1k": "zeroshot_classification"}

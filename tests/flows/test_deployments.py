@@ -25,15 +25,17 @@ def test_deploy_and_run_through_a_process_worker(prefect_harness, tmp_path):
     _prefect("--no-prompt", "deploy", "--all")
     with get_client(sync_client=True) as client:
         deployments = {d.name: d for d in client.read_deployments()}
-    assert {"pool-refresh", "demo"} <= set(deployments)
+    assert {"pool-refresh", "train-eval", "demo"} <= set(deployments)
+    assert set(deployments["train-eval"].parameters) == {"store", "data", "tasklist", "scale"}
     refresh = deployments["pool-refresh"]
     assert refresh.work_pool_name == "curation-process"
     assert [s.schedule.cron for s in refresh.schedules] == ["0 3 * * *"]
     assert set(refresh.parameters) == {"pool_index", "store", "pool_name"}
     assert refresh.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
 
+    quick = {"samples_seen": 256, "batch_size": 64, "checkpoint_steps": 2, "warmup": 1}
     run = run_deployment("demo/demo", parameters={"workdir": str(tmp_path / "demo"), "n_samples": 300, "seed": 4,
-                                                  "timeout": 5}, timeout=0)
+                                                  "timeout": 5, "train_overrides": quick}, timeout=0)
     _prefect("worker", "start", "--pool", "curation-process", "--run-once", timeout=600)
     with get_client(sync_client=True) as client:
         finished = client.read_flow_run(run.id)
