@@ -19,9 +19,9 @@ from prefect import flow
 
 from flows.pool_refresh import pool_refresh
 from flows.train_eval import train_eval
-from tasks.demo_pool.task import (check_download_against_truth, demo_config, generate_demo_eval_sets_task,
-                                  generate_demo_pool_task, long_tail_report, start_demo_server,
-                                  write_demo_pool_index)
+from tasks.demo_pool.task import (DEMO_FILTERS, check_download_against_truth, check_filters_against_truth,
+                                  demo_config, generate_demo_eval_sets_task, generate_demo_pool_task,
+                                  long_tail_report, start_demo_server, write_demo_pool_index)
 
 
 @flow(name="demo", log_prints=True)
@@ -43,20 +43,25 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
     web_root = str(work / "web")
     generate_demo_pool_task(web_root, demo_config(n_samples, seed), dask_address or None)
     server = start_demo_server(web_root, str(work / "server.json"))
+    download = dict(pool_index="", store=store, pool_name="demo", slice_size=10_000, shard_size=1_000, processes=2,
+                    threads=16, image_size=256, timeout=timeout, dask_address=dask_address)
+    truth = str(Path(web_root) / "truth.parquet")
     try:
-        index = write_demo_pool_index(web_root, server.base_url, str(work / "pool_index.parquet"))
-        manifest = pool_refresh(pool_index=index, store=store, pool_name="demo", slice_size=10_000,
-                                shard_size=1_000, processes=2, threads=16, image_size=256, timeout=timeout)
+        download["pool_index"] = write_demo_pool_index(web_root, server.base_url, str(work / "pool_index.parquet"))
+        manifest = pool_refresh(**download)
+        check = check_download_against_truth(manifest, truth)
+        tasklist = generate_demo_eval_sets_task(str(work / "eval"), seed)
+        baseline = train_eval(store=store, data="pools/demo/manifest.json", tasklist=tasklist, scale="tiny",
+                              overrides=train_overrides, run_name="raw-pool")
+        long_tail = long_tail_report(baseline["results"], truth, manifest)
+        # The model trained on the raw pool is the embedder of the pool (no weights can be downloaded here).
+        embedder = {"model": baseline["train"]["model"], "checkpoint": baseline["train"]["checkpoint"]}
+        curated = pool_refresh(**download, embedder=embedder, filters={**DEMO_FILTERS, "eval_tasklist": tasklist})
     finally:
         server.stop()
-    truth = str(Path(web_root) / "truth.parquet")
-    check = check_download_against_truth(manifest, truth)
-    tasklist = generate_demo_eval_sets_task(str(work / "eval"), seed)
-    baseline = train_eval(store=store, data="pools/demo/manifest.json", tasklist=tasklist, scale="tiny",
-                          overrides=train_overrides, run_name="raw-pool")
-    long_tail = long_tail_report(baseline["results"], truth, manifest)
+    filter_check = check_filters_against_truth(curated["filters"], truth)
     outputs = {
-        "pool_index": index,
+        "pool_index": download["pool_index"],
         "manifest": f"{manifest['store']}/pools/demo/manifest.json",
         "download_report": f"{manifest['store']}/pools/demo/download_report.json",
         "truth (evaluation only)": truth,
@@ -65,6 +70,9 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
         "model trained on the raw pool": baseline["train"]["checkpoint"],
         "evaluation": baseline["eval"],
         "zero-shot recall by concept frequency": long_tail,
+        "filter report": curated["filters"]["outputs"]["report"],
+        "kept by the filters": curated["filters"]["rows"],
+        "filters vs planted defects": filter_check,
     }
     print("demo finished:\n" + json.dumps(outputs, indent=2))
     print("See the runs, task states and artifacts in the Prefect UI: `make ui`, then http://127.0.0.1:4200")

@@ -13,6 +13,7 @@ import json
 
 from prefect import flow
 
+from flows.embed_filter import run_embed_filter
 from tasks.common.errors import StageFailed
 from tasks.common.prefect_support import cached_in_store, run_bounded, store_from
 from tasks.download.task import download_slice_task, plan_pool_download, publish_pool_manifest
@@ -32,6 +33,9 @@ def pool_refresh(
     resize_mode: str = "keep_ratio",
     timeout: int = 10,
     retries: int = 0,
+    embedder: dict | None = None,
+    filters: dict | None = None,
+    dask_address: str = "",
     storage_options: dict | None = None,
 ) -> dict:
     """Download the pool index into webdataset shards under the store.
@@ -50,9 +54,14 @@ def pool_refresh(
         resize_mode: img2dataset resize mode.
         timeout: seconds before a request is abandoned.
         retries: img2dataset retries per URL.
+        embedder: when set, embed and filter after the download (flows/embed_filter.py):
+            {"model": open_clip architecture, "checkpoint": pretrained tag or checkpoint file, ...}.
+        filters: filter settings (tasks/filters/config.py); used with ``embedder``.
+        dask_address: Dask scheduler for embedding and filtering; empty: a local cluster.
         storage_options: fsspec options for an s3:// store and index (endpoint, credentials).
     Returns:
-        The pool manifest (also at ``<store>/pools/<pool_name>/manifest.json``).
+        The pool manifest (also at ``<store>/pools/<pool_name>/manifest.json``); with an embedder,
+        plus ``embeddings`` and ``filters``: the manifests of those stages.
     """
     config = dict(image_size=image_size, resize_mode=resize_mode, timeout=timeout, retries=retries,
                   shard_size=shard_size, processes=processes_per_slice, threads=threads)
@@ -65,7 +74,11 @@ def pool_refresh(
         raise StageFailed(f"pool {pool_name!r}: slices {failed} failed after retries; finished slices are kept, "
                           "run the flow again to resume")
     results = [state.result() for state in states]
-    return publish_pool_manifest(store, pool_index, pool_name, plans, results, config, storage_options)
+    manifest = publish_pool_manifest(store, pool_index, pool_name, plans, results, config, storage_options)
+    if not embedder:
+        return manifest
+    stages = run_embed_filter(store, pool_name, embedder, filters, dask_address, storage_options)
+    return {**manifest, **stages}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,3 +112,17 @@ def small_pool(prefect_harness, small_index, web_server, tmp_path_factory) -> di
                          **FAST_DOWNLOAD)
     return {"state": state, "manifest": state.result(), "store": store,
             "requests": sum(web_server.requests.values()) - before}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(small_pool, tmp_path_factory) -> str:
+    """A tiny CLIP trained for a few steps on the small pool (the tests' embedder)."""
+    from tasks.common.store import Store
+    from tasks.train.run import train_clip
+    from tasks.train.scales import scale_config
+    from tasks.train.task import training_data
+
+    store = Store(str(tmp_path_factory.mktemp("tiny-model")))
+    shards, data_hash, n = training_data(small_pool["manifest"])
+    config = scale_config("tiny", {"samples_seen": 256, "batch_size": 64, "checkpoint_steps": 4, "warmup": 1})
+    return train_clip(store, shards, data_hash, n, config, "tiny-for-tests").checkpoint

@@ -20,6 +20,12 @@ from distributed import Client, LocalCluster
 from tasks.common.gpu import gpu_available
 
 
+def quiet_dask_logs() -> None:
+    """Workers log at WARNING: their INFO lines (connections, start-up) drown the flow's own logs."""
+    dask.config.set({"logging.distributed": "warning"})
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
 def scheduler_address(address: str | None = None) -> str | None:
     return address or dask.config.get("scheduler-address", None) or None
 
@@ -46,3 +52,24 @@ def dask_client(address: str | None = None, n_workers: int | None = None, gpu: b
                       memory_limit=memory_limit or "auto", silence_logs=logging.WARNING) as cluster, \
             Client(cluster) as client:
         yield client
+
+
+def dask_task_runner(address: str | None = None, n_workers: int | None = None, gpu: bool | None = None):
+    """A Prefect ``DaskTaskRunner`` on the same cluster :func:`dask_client` would use.
+
+    Tasks submitted by a flow with this runner run on the Dask workers (one model per worker
+    process stays loaded between tasks).
+    """
+    from prefect_dask import DaskTaskRunner
+
+    quiet_dask_logs()
+    address = scheduler_address(address)
+    if address:
+        return DaskTaskRunner(address=address)
+    if gpu is None:
+        gpu = gpu_available()
+    if gpu:
+        return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs={"dashboard_address": None})
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+        "n_workers": n_workers or os.cpu_count() or 1, "threads_per_worker": 1, "processes": True,
+        "dashboard_address": None, "silence_logs": logging.WARNING})

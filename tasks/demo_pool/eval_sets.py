@@ -9,8 +9,10 @@ Out: in the folder, clip_benchmark-layout sets (see :mod:`tasks.evaluate.eval_se
 - ``retrieval/``: ``per_concept_retrieval`` images per concept, each with 3 English captions
   drawn from the pool's caption templates (no junk, no boilerplate).
 
-Images are rendered like the pool's normal images, from random streams the pool never uses, so
-no evaluation image is part of the pool. Rare concepts get as many images as common ones.
+Images are rendered like the pool's normal images, from random streams the pool's own images
+never use. Rare concepts get as many images as common ones. Like real web pools, the demo pool
+does leak a few evaluation images (copies of classification images 0-2 of some concepts, marked
+``eval_leak`` in its truth file), for the evaluation-set dedup filter to find.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def _render(concept_id: int, rng: np.random.Generator) -> bytes:
     buffer = io.BytesIO()
     render_concept(CONCEPTS[concept_id], size, rng).save(buffer, format="JPEG", quality=int(rng.integers(80, 96)))
     return buffer.getvalue()
+
+
+def classification_image(seed: int, concept_id: int, index: int) -> bytes:
+    """The bytes of image ``index`` of ``concept_id`` in the classification set (also what the pool leaks)."""
+    return _render(concept_id, np.random.default_rng([seed, EVAL_STREAM, concept_id, index]))
 
 
 def _caption(concept_id: int, rng: np.random.Generator) -> str:
@@ -81,8 +88,7 @@ def generate_eval_sets(folder: str | os.PathLike, seed: int = 0, n_concepts: int
     classification = []
     for concept_id in range(n_concepts):
         for i in range(per_class):
-            rng = np.random.default_rng([seed, EVAL_STREAM, concept_id, i])
-            classification.append({"jpg": _render(concept_id, rng), "cls": str(concept_id).encode()})
+            classification.append({"jpg": classification_image(seed, concept_id, i), "cls": str(concept_id).encode()})
     order = np.random.default_rng([seed, EVAL_STREAM + 1]).permutation(len(classification))
     classification = [dict(classification[i], __key__=f"s{n:07d}") for n, i in enumerate(order)]
     _write_set(root / "concepts", classification)

@@ -38,7 +38,8 @@ EXPECTED_STATUS = {"": "success", "http_404": "failed_to_download", "timeout": "
                    "truncated": "failed_to_download", "not_an_image": "failed_to_resize"}
 SITES = ("cdn-shop", "img-blog", "media-news", "static-forum", "photos-social", "assets-wiki")
 CAPTION_KINDS = ("named", "short", "foreign", "junk", "mismatched")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+LEAKED_EVAL_IMAGES = 3  # leaks copy classification images 0..2 of a concept (any eval set with >= 3 per class)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class DemoPoolConfig:
     timeout_rate: float = 0.003
     truncated_rate: float = 0.005
     not_an_image_rate: float = 0.005
+    eval_leak_rate: float = 0.005
     short_caption_rate: float = 0.04
     foreign_caption_rate: float = 0.05
     junk_caption_rate: float = 0.07
@@ -129,6 +131,11 @@ def plan_pool(config: DemoPoolConfig) -> pd.DataFrame:
         base.loc[take(int(round(n * getattr(config, f"{failure}_rate")))), "url_failure"] = failure
     base.loc[take(int(round(n * config.too_small_rate))), "shape_kind"] = "too_small"
     base.loc[take(int(round(n * config.extreme_aspect_rate))), "shape_kind"] = "extreme_aspect"
+    base["eval_leak"] = -1
+    base["eval_leak_kind"] = ""
+    leaks = take(int(round(n * config.eval_leak_rate)))
+    base.loc[leaks, "eval_leak"] = rng.integers(0, LEAKED_EVAL_IMAGES, size=len(leaks))
+    base.loc[leaks, "eval_leak_kind"] = np.array(["exact", "reencode"])[rng.integers(0, 2, size=len(leaks))]
     sources = take(n_exact + n_near)  # clean, servable, normal-sized images
 
     near_kinds = np.array(["reencode", "resize", "crop"])
@@ -138,6 +145,8 @@ def plan_pool(config: DemoPoolConfig) -> pd.DataFrame:
         "url_failure": "",
         "dup_kind": np.concatenate([np.full(n_exact, "exact"), near_kinds[rng.integers(3, size=n_near)]]),
         "shape_kind": "normal",
+        "eval_leak": -1,
+        "eval_leak_kind": "",
     })
     plan = pd.concat([base, dups], ignore_index=True)
 
@@ -150,13 +159,15 @@ def plan_pool(config: DemoPoolConfig) -> pd.DataFrame:
     width[small] = rng.integers(16, 41, size=small.sum())
     height[small] = rng.integers(16, 41, size=small.sum())
     extreme = plan["shape_kind"].to_numpy() == "extreme_aspect"
-    long_side = rng.integers(200, 321, size=extreme.sum())
-    thin_side = np.maximum(16, (long_side / rng.uniform(3.5, 6.0, size=extreme.sum())).astype(int))
+    long_side = rng.integers(260, 361, size=extreme.sum())
+    # thin but not too small (>= 56 px): an extreme shape is its own defect, not also a small image
+    thin_side = np.clip((long_side / rng.uniform(3.5, 6.0, size=extreme.sum())).astype(int), 56,
+                        (long_side / 3.5).astype(int))
     horizontal = rng.random(extreme.sum()) < 0.5
     width[extreme] = np.where(horizontal, long_side, thin_side)
     height[extreme] = np.where(horizontal, thin_side, long_side)
     plan["width"], plan["height"] = width, height
-    plan["png"] = rng.random(len(plan)) < config.png_rate
+    plan["png"] = (rng.random(len(plan)) < config.png_rate) & (plan["eval_leak"] < 0)  # leaks stay JPEG
     plan["quality"] = rng.integers(75, 96, size=len(plan))
 
     kind_shares = np.array([config.short_caption_rate, config.foreign_caption_rate,
@@ -209,23 +220,32 @@ def _encode(image: Image.Image, png: bool, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def _render_base_chunk(args) -> list[tuple[int, str]]:
-    """Render base images (not duplicates) and write them; return (plan_row, sha256) pairs."""
+def _render_base_chunk(args) -> list[tuple[int, str, int, int]]:
+    """Render base images (not duplicates) and write them; return (plan_row, sha256, width, height)."""
+    from tasks.demo_pool.eval_sets import classification_image
+
     rows, seed, files_dir = args
     out = []
-    for plan_row, concept_id, width, height, png, quality, file in rows:
+    for plan_row, concept_id, width, height, png, quality, file, leak, leak_kind in rows:
         rng = np.random.default_rng([seed, 1, int(plan_row)])
-        data = _encode(render_concept(CONCEPTS[concept_id], (int(width), int(height)), rng), png, quality)
+        if leak >= 0:  # a copy of an evaluation image, as found on the web
+            data = classification_image(seed, int(concept_id), int(leak))
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if leak_kind == "reencode":
+                data = _encode(image.convert("RGB"), False, int(rng.integers(60, 75)))
+        else:
+            data = _encode(render_concept(CONCEPTS[concept_id], (int(width), int(height)), rng), png, quality)
         with open(os.path.join(files_dir, file), "wb") as handle:
             handle.write(data)
-        out.append((int(plan_row), hashlib.sha256(data).hexdigest()))
+        out.append((int(plan_row), hashlib.sha256(data).hexdigest(), int(width), int(height)))
     return out
 
 
 def _near_duplicate(source: bytes, kind: str, rng: np.random.Generator) -> tuple[bytes, int, int]:
     image = Image.open(io.BytesIO(source)).convert("RGB")
     if kind == "resize":
-        scale = rng.uniform(0.6, 0.85)
+        scale = max(rng.uniform(0.6, 0.85), 60 / min(image.size))  # smaller, but never "too small"
         image = image.resize((max(16, int(image.width * scale)), max(16, int(image.height * scale))), Image.BILINEAR)
     elif kind == "crop":
         keep = rng.uniform(0.86, 0.95)
@@ -266,7 +286,7 @@ def generate_demo_pool(config: DemoPoolConfig, web_root: str | os.PathLike, clie
         [config.seed, 4, int(plan.at[i, "plan_row"])])) for i in unsafe]
 
     base = plan[(plan["dup_kind"] == "") & plan["url_failure"].isin(["", "truncated", "not_an_image"])]
-    columns = ["plan_row", "concept_id", "width", "height", "png", "quality", "file"]
+    columns = ["plan_row", "concept_id", "width", "height", "png", "quality", "file", "eval_leak", "eval_leak_kind"]
     records = list(base[columns].itertuples(index=False, name=None))
     parts = 4 * (len(client.scheduler_info()["workers"]) if client is not None else 1)
     jobs = [(records[i::parts], config.seed, str(files_dir)) for i in range(parts) if records[i::parts]]
@@ -274,8 +294,10 @@ def generate_demo_pool(config: DemoPoolConfig, web_root: str | os.PathLike, clie
         results = [pair for part in client.gather(client.map(_render_base_chunk, jobs, pure=False)) for pair in part]
     else:
         results = [pair for job in jobs for pair in _render_base_chunk(job)]
-    sha = dict(results)
-    plan["sha256"] = plan["plan_row"].map(sha)
+    rendered = pd.DataFrame(results, columns=["plan_row", "sha256", "width", "height"]).set_index("plan_row")
+    plan["sha256"] = plan["plan_row"].map(rendered["sha256"])
+    for column in ("width", "height"):  # leaked evaluation images keep their own size
+        plan[column] = plan["plan_row"].map(rendered[column]).fillna(plan[column]).astype(int)
 
     # Duplicates: exact ones serve the source's file; near ones are transformed copies.
     by_source = plan[plan["dup_kind"] == ""].set_index("source")
@@ -324,6 +346,10 @@ def generate_demo_pool(config: DemoPoolConfig, web_root: str | os.PathLike, clie
         "too_small": (plan["shape_kind"] == "too_small").to_numpy(),
         "extreme_aspect": (plan["shape_kind"] == "extreme_aspect").to_numpy(),
         "image_format": np.where(plan["png"].astype(bool), "png", "jpeg"),
+        "eval_leak": (plan["eval_leak"] >= 0).to_numpy(),
+        "eval_leak_image": np.where(plan["eval_leak"] >= 0, plan["concept_id"].astype(str) + ":" +
+                                    plan["eval_leak"].astype(str), ""),
+        "eval_leak_kind": plan["eval_leak_kind"],
     })
     truth.to_parquet(root / "truth.parquet", index=False)
 
@@ -350,6 +376,7 @@ def planted_counts(truth: pd.DataFrame) -> dict[str, int]:
     counts["unsafe_caption"] = int(truth["unsafe_caption"].sum())
     counts["too_small"] = int(truth["too_small"].sum())
     counts["extreme_aspect"] = int(truth["extreme_aspect"].sum())
+    counts["eval_leak"] = int(truth["eval_leak"].sum())
     counts["expected_success"] = int((truth["expected_status"] == "success").sum())
     return counts
 

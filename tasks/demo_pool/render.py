@@ -114,60 +114,115 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, rad
     draw.polygon([tuple(p) for p in points.tolist()], fill=colour)
 
 
+def _light(rng) -> tuple[int, int, int]:
+    return _jitter(BACKGROUNDS[rng.integers(len(BACKGROUNDS))].astype(int), rng, 10)
+
+
+def _strong(rng) -> tuple[int, int, int]:
+    return tuple(int(v) for v in rng.integers(20, 200, size=3))
+
+
 def _draw_screenshot(draw, width, height, rng):
-    draw.rectangle([0, 0, width, height], fill=(252, 252, 252))
-    header = _jitter((60, 90, 160) if rng.random() < 0.5 else (40, 40, 48), rng, 40)
-    bar = max(4, int(height * rng.uniform(0.1, 0.18)))
-    draw.rectangle([0, 0, width, bar], fill=header)
-    left = int(width * rng.uniform(0.05, 0.3))
-    y = bar + max(3, height // 14)
+    """A web page: header bar, optional sidebar, text lines, a picture block and a button, laid out at random."""
+    draw.rectangle([0, 0, width, height], fill=_jitter((250, 250, 250), rng, 6))
+    bar = max(4, int(height * rng.uniform(0.08, 0.2)))
+    draw.rectangle([0, 0, width, bar], fill=_strong(rng))
+    side = rng.integers(3)  # none, left, right
+    side_width = int(width * rng.uniform(0.15, 0.3)) if side else 0
+    if side == 1:
+        draw.rectangle([0, bar, side_width, height], fill=_light(rng))
+    elif side == 2:
+        draw.rectangle([width - side_width, bar, width, height], fill=_light(rng))
+    left = (side_width if side == 1 else 0) + int(width * rng.uniform(0.03, 0.1))
+    right = width - (side_width if side == 2 else 0) - int(width * rng.uniform(0.03, 0.1))
+    if right - left > 12 and rng.random() < 0.7:  # a picture block
+        px0 = int(rng.uniform(left, left + (right - left) * 0.5))
+        py0 = int(rng.uniform(bar + 2, bar + (height - bar) * 0.5))
+        draw.rectangle([px0, py0, px0 + int((right - left) * rng.uniform(0.2, 0.5)),
+                        py0 + int((height - bar) * rng.uniform(0.15, 0.4))], fill=_strong(rng))
+    y = bar + max(3, int(height * rng.uniform(0.04, 0.12)))
+    step = max(4, int(height * rng.uniform(0.06, 0.12)))
+    grey = int(rng.integers(90, 170))
     while y < height - 4:
-        line_end = left + int((width - left - 4) * rng.uniform(0.4, 0.95))
-        draw.rectangle([left, y, line_end, y + max(1, height // 40)], fill=(150, 150, 150))
-        y += max(4, height // 11)
-    if left > 8:
-        draw.rectangle([2, bar + 3, left - 4, height - 3], fill=(232, 232, 236))
-    bx = int(width * rng.uniform(0.5, 0.75))
-    draw.rectangle([bx, bar + 2, min(width - 2, bx + width // 5), bar + 2 + max(3, height // 12)],
-                   fill=_jitter((30, 140, 80), rng, 40))
+        line_end = left + int((right - left) * rng.uniform(0.3, 1.0))
+        draw.rectangle([left, y, line_end, y + max(1, height // 45)], fill=(grey, grey, grey))
+        y += step
+    bx = int(rng.uniform(left, max(left + 1, right - width // 5)))
+    by = int(rng.uniform(bar + 2, max(bar + 3, height - height // 8)))
+    draw.rectangle([bx, by, bx + width // 5, by + max(3, height // 12)], fill=_strong(rng))
 
 
 def _draw_document(draw, width, height, rng):
-    margin = max(3, int(min(width, height) * 0.08))
-    draw.rectangle([margin, margin // 2, width - margin, height - margin // 2], fill=(253, 253, 250))
-    y = margin + 2
-    step = max(3, height // int(rng.integers(14, 22)))
-    while y < height - margin:
-        if rng.random() < 0.15:
+    """A page of text: margins, a title, paragraphs of lines, sometimes a figure; the page may sit askew."""
+    margin_x = int(width * rng.uniform(0.04, 0.15))
+    margin_y = int(height * rng.uniform(0.03, 0.1))
+    draw.rectangle([margin_x, margin_y, width - margin_x, height - margin_y], fill=_jitter((252, 251, 246), rng, 6))
+    ink = _jitter((30, 30, 35), rng, 20)
+    y = margin_y + 3
+    title_end = margin_x + int((width - 2 * margin_x) * rng.uniform(0.3, 0.8))
+    draw.rectangle([margin_x + 3, y, title_end, y + max(2, height // 30)], fill=ink)
+    y += max(6, height // 12)
+    step = max(3, int(height / rng.uniform(12, 26)))
+    figure_at = rng.uniform(0.2, 0.8) if rng.random() < 0.35 else None
+    while y < height - margin_y - 2:
+        if figure_at is not None and y > height * figure_at:
+            fh = int(height * rng.uniform(0.1, 0.25))
+            draw.rectangle([margin_x + 6, y, width - margin_x - 6, min(height - margin_y - 2, y + fh)],
+                           fill=_light(rng), outline=ink)
+            y += fh + step
+            figure_at = None
+            continue
+        if rng.random() < 0.15:  # paragraph break
             y += step
             continue
-        end = width - margin - 2 - int(rng.uniform(0, 0.4) * width * (rng.random() < 0.3))
-        draw.line([margin + 3, y, end, y], fill=(35, 35, 35), width=1)
+        end = width - margin_x - 3 - int((width - 2 * margin_x) * rng.uniform(0, 0.5) * (rng.random() < 0.3))
+        draw.line([margin_x + 3, y, end, y], fill=ink, width=1)
         y += step
 
 
 def _draw_barcode(draw, width, height, rng):
-    draw.rectangle([0, 0, width, height], fill=(255, 255, 255))
-    x = int(width * 0.1)
-    top, bottom = int(height * 0.15), int(height * 0.75)
-    while x < width * 0.9:
-        bar = int(rng.integers(1, 4))
-        draw.rectangle([x, top, x + bar - 1, bottom], fill=(0, 0, 0))
-        x += bar + int(rng.integers(1, 4))
-    draw.rectangle([int(width * 0.12), int(height * 0.8), int(width * 0.88), int(height * 0.86)], fill=(70, 70, 70))
+    """A barcode label somewhere on a light surface: position, size, bar widths and label at random."""
+    draw.rectangle([0, 0, width, height], fill=_light(rng))
+    label_w = int(width * rng.uniform(0.45, 0.9))
+    label_h = int(height * rng.uniform(0.35, 0.8))
+    x0 = int(rng.uniform(0, width - label_w))
+    y0 = int(rng.uniform(0, height - label_h))
+    draw.rectangle([x0, y0, x0 + label_w, y0 + label_h], fill=(255, 255, 255))
+    top, bottom = y0 + int(label_h * 0.1), y0 + int(label_h * rng.uniform(0.6, 0.8))
+    x = x0 + int(label_w * 0.08)
+    widths = rng.integers(1, 5, size=400)
+    gaps = rng.integers(1, 4, size=400)
+    for bar_width, gap in zip(widths, gaps):
+        if x + bar_width > x0 + label_w * 0.92:
+            break
+        draw.rectangle([x, top, x + bar_width - 1, bottom], fill=(0, 0, 0))
+        x += bar_width + gap
+    draw.rectangle([x0 + int(label_w * 0.1), bottom + 2, x0 + int(label_w * 0.9),
+                    min(y0 + label_h - 1, bottom + 2 + max(2, label_h // 10))], fill=(70, 70, 70))
 
 
 def _draw_chart(draw, width, height, rng):
-    left, bottom = int(width * 0.12), int(height * 0.88)
-    draw.line([left, int(height * 0.08), left, bottom], fill=(40, 40, 40), width=2)
-    draw.line([left, bottom, int(width * 0.95), bottom], fill=(40, 40, 40), width=2)
-    bars = int(rng.integers(3, 7))
-    slot = (width * 0.95 - left) / bars
-    colour = _jitter((70, 110, 190), rng, 60)
-    for i in range(bars):
-        top = bottom - (bottom - height * 0.1) * rng.uniform(0.15, 1.0)
-        x0 = left + i * slot + slot * 0.18
-        draw.rectangle([x0, top, x0 + slot * 0.64, bottom - 1], fill=colour)
+    """A bar or line chart: axes, gridlines, random values, colours and number of series."""
+    draw.rectangle([0, 0, width, height], fill=_jitter((252, 252, 252), rng, 8))
+    left, bottom = int(width * rng.uniform(0.08, 0.18)), int(height * rng.uniform(0.8, 0.92))
+    top, right = int(height * rng.uniform(0.05, 0.15)), int(width * rng.uniform(0.88, 0.97))
+    for grid in range(1, int(rng.integers(2, 6))):
+        gy = bottom - (bottom - top) * grid / 5
+        draw.line([left, gy, right, gy], fill=(225, 225, 225), width=1)
+    axis = _jitter((40, 40, 40), rng, 20)
+    draw.line([left, top, left, bottom], fill=axis, width=2)
+    draw.line([left, bottom, right, bottom], fill=axis, width=2)
+    points = int(rng.integers(3, 9))
+    values = rng.uniform(0.1, 1.0, size=points)
+    slot = (right - left) / points
+    colour = _strong(rng)
+    if rng.random() < 0.65:
+        for i, value in enumerate(values):
+            x0 = left + i * slot + slot * 0.15
+            draw.rectangle([x0, bottom - (bottom - top) * value, x0 + slot * 0.7, bottom - 1], fill=colour)
+    else:
+        xy = [(left + (i + 0.5) * slot, bottom - (bottom - top) * v) for i, v in enumerate(values)]
+        draw.line(xy, fill=colour, width=max(2, width // 60))
 
 
 _WEB_DRAWERS = {

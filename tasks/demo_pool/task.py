@@ -18,6 +18,7 @@ from prefect.artifacts import create_table_artifact
 from tasks.common.dask_cluster import dask_client
 from tasks.demo_pool.eval_sets import generate_eval_sets
 from tasks.evaluate.by_frequency import recall_by_frequency
+from tasks.evaluate.filter_truth import filter_precision_recall
 from tasks.demo_pool.generate import DemoPoolConfig, generate_demo_pool, pool_index_for
 from tasks.demo_pool.server import DemoWebServer
 
@@ -105,6 +106,28 @@ def long_tail_report(results_uri: str, truth_path: str, manifest: dict) -> dict:
                           description="Zero-shot recall of the model trained on the raw pool, by how often "
                                       f"the concept occurs in it (Spearman {report['spearman_count_vs_recall']}).")
     return report
+
+
+# The demo's filter settings: DataComp's, except the minimum image side (the demo's images are
+# 64-192 px; its planted too-small ones 16-40 px) and the eval-set dedup threshold: the tiny
+# model's image embeddings all lie within a narrow cone (any two demo images have a cosine of
+# about 0.99), so only copies of an evaluation image reach 0.9995.
+DEMO_FILTERS = {"min_image_side": 48, "clip_score_top_fraction": 0.8, "eval_dedup_threshold": 0.9995}
+
+
+@task(name="check_filters_against_truth")
+def check_filters_against_truth(filters_manifest: dict, truth_path: str) -> list[dict]:
+    """Precision and recall of each filter against the defects the generator planted (an artifact)."""
+    import fsspec
+
+    frames = []
+    for uri in filters_manifest["outputs"]["decisions"]:
+        with fsspec.open(uri, "rb") as handle:
+            frames.append(pd.read_parquet(handle))
+    rows = filter_precision_recall(pd.concat(frames, ignore_index=True), pd.read_parquet(truth_path))
+    create_table_artifact(key="demo-filters-vs-truth", table=rows,
+                          description="Each filter against the defects the demo generator planted.")
+    return rows
 
 
 def demo_config(n_samples: int, seed: int) -> dict:

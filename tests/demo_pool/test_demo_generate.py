@@ -145,3 +145,21 @@ def test_duplicates_that_repeat_a_caption_repeat_its_truth(small_web, small_trut
     sources = truth.loc[same["dup_of"]]
     assert (same["caption_kind"].to_numpy() == sources["caption_kind"].to_numpy()).all()
     assert (same["caption_concept_id"].to_numpy() == sources["caption_concept_id"].to_numpy()).all()
+
+
+def test_leaked_evaluation_images_are_copies_of_them(small_web, small_truth, tmp_path):
+    from tasks.demo_pool.eval_sets import classification_image
+
+    index = pd.read_parquet(small_web / "pool.parquet").set_index("uid")
+    routes = json.loads((small_web / "routes.json").read_text())
+    leaks = small_truth[small_truth["eval_leak"]]
+    assert len(leaks) == round(SMALL_POOL.n_samples * SMALL_POOL.eval_leak_rate) > 0
+    assert set(leaks["eval_leak_kind"]) <= {"exact", "reencode"}
+    for _, row in leaks.iterrows():
+        concept_id, image = map(int, row["eval_leak_image"].split(":"))
+        assert concept_id == row["concept_id"]
+        original = classification_image(SMALL_POOL.seed, concept_id, image)
+        served = (small_web / "files" / routes[index.loc[row["uid"], "path"]][1]).read_bytes()
+        assert (served == original) == (row["eval_leak_kind"] == "exact")
+        with Image.open(io.BytesIO(served)) as a, Image.open(io.BytesIO(original)) as b:
+            assert a.size == b.size == (row["width"], row["height"])

@@ -8,18 +8,11 @@ from tasks.common.errors import InputError
 from tasks.common.store import Store
 from tasks.demo_pool.eval_sets import generate_eval_sets
 from tasks.evaluate.runner import evaluate_checkpoint, read_results
-from tasks.train.run import train_clip
-from tasks.train.scales import scale_config
-from tasks.train.task import training_data
 
 
 @pytest.fixture(scope="module")
-def checkpoint(small_pool, tmp_path_factory):
-    store = Store(str(tmp_path_factory.mktemp("eval-store")))
-    shards, data_hash, n = training_data(small_pool["manifest"])
-    result = train_clip(store, shards, data_hash, n, scale_config(
-        "tiny", {"samples_seen": 256, "batch_size": 64, "checkpoint_steps": 4, "warmup": 1}), "for-eval")
-    return store, result.checkpoint
+def checkpoint(tiny_checkpoint, tmp_path_factory):
+    return Store(str(tmp_path_factory.mktemp("eval-store"))), tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

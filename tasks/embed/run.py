@@ -1,0 +1,154 @@
+"""Embed one downloaded shard and write its row-aligned outputs to the store.
+
+In:  the store, a shard (its ``.tar`` and img2dataset ``.parquet`` URIs), an
+     :class:`~tasks.embed.spec.EmbedderSpec` and the output folder.
+Out: in the output folder, for shard ``<name>``: ``<name>.img.npy`` and ``<name>.txt.npy``
+     (float16, L2-normalised, one row per successful sample in tar order), ``<name>.cap.npy``
+     when a caption model is set, and, written last so that its presence marks the shard done,
+     ``<name>.parquet``: ``uid``, ``key``, ``text``, ``clip_score`` (image-text cosine),
+     ``embed_ok`` and ``embed_reason`` (``undecodable``, ``non_finite_embedding``), ``phash``
+     (64-bit perceptual hash of the grey levels, as a signed int64), ``thumb`` (the image as 8 x 8
+     RGB bytes, a colour check for pHash matches), ``sha256`` of the downloaded bytes, and the
+     image sizes. A sample that cannot be embedded keeps its row, with a zero embedding and its
+     reason; nothing is dropped here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import imagehash
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from tasks.common.store import Store
+from tasks.embed.shards import read_shard
+from tasks.embed.spec import EmbedderSpec, caption_model_path
+
+EMBED_VERSION = 2  # bump when a change alters what a shard's outputs hold
+_EMBEDDERS: dict = {}
+
+
+def shard_output_name(tar_uri: str) -> str:
+    """``.../slices/00003-<key>/00001.tar`` -> ``00003-<key>-00001``: stable and unique in a pool."""
+    parent, _, file = tar_uri.rstrip("/").rpartition("/")
+    return f"{parent.rpartition('/')[2]}-{file.removesuffix('.tar')}"
+
+
+def get_embedder(spec: EmbedderSpec):
+    """The loaded models for ``spec``, once per process (a Dask worker keeps them between shards)."""
+    if spec not in _EMBEDDERS:
+        import torch
+
+        from tasks.evaluate.model import ClipEmbedder
+
+        try:
+            from distributed import get_worker
+
+            torch.set_num_threads(max(1, get_worker().state.nthreads))
+        except (ImportError, ValueError):
+            pass
+        clip = ClipEmbedder(spec.model, spec.checkpoint, batch_size=spec.batch_size)
+        captions = None
+        if spec.caption_model:
+            from sentence_transformers import SentenceTransformer
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            captions = SentenceTransformer(caption_model_path(spec.caption_model), device=clip.device)
+        _EMBEDDERS[spec] = (clip, captions)
+    return _EMBEDDERS[spec]
+
+
+def _decode(data) -> Image.Image | None:
+    if not isinstance(data, (bytes, bytearray)):
+        return None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image.convert("RGB")
+    except Exception:  # noqa: BLE001 - any decoding failure is the same per-sample reason
+        return None
+
+
+def _phash(image: Image.Image) -> int:
+    bits = imagehash.phash(image).hash.flatten()
+    return int(np.packbits(bits).view(">u8")[0].astype(np.int64))
+
+
+def _thumbnail(image: Image.Image) -> bytes:
+    return np.asarray(image.resize((8, 8), Image.BILINEAR), dtype=np.uint8).tobytes()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def embed_shard(store: Store, tar_uri: str, parquet_uri: str, spec: EmbedderSpec, out_folder: str) -> dict:
+    """Embed the shard unless its outputs exist; return a summary (rows, embedded, reasons)."""
+    name = shard_output_name(tar_uri)
+    marker = f"{out_folder}/{name}.parquet"
+    if store.exists(marker):
+        with store.open(marker) as handle:
+            done = pd.read_parquet(handle, columns=["embed_ok", "embed_reason"])
+        return _summary(name, out_folder, done)
+    samples = read_shard(tar_uri, parquet_uri)
+    images = [_decode(b) for b in samples["bytes"]]
+    ok = np.array([image is not None for image in images], dtype=bool)
+    reason = np.where(ok, "", "undecodable").astype(object)
+    clip, captions = get_embedder(spec)
+    texts = samples["text"].tolist()
+    text_emb = clip.embed_texts(texts) if texts else np.zeros((0, 0), np.float32)
+    dim = text_emb.shape[1] if len(texts) else 0
+    image_emb = np.zeros((len(samples), dim), dtype=np.float32)
+    if ok.any():
+        image_emb[ok] = clip.embed_images([image for image in images if image is not None])
+    finite = np.isfinite(image_emb).all(axis=1) & np.isfinite(text_emb).all(axis=1) if dim else ok
+    bad = ok & ~finite
+    reason[bad] = "non_finite_embedding"
+    ok &= finite
+    image_emb[~ok] = 0
+    text_emb[~np.isfinite(text_emb).all(axis=1)] = 0
+    clip_score = np.where(ok, (image_emb * text_emb).sum(axis=1), np.nan)
+
+    store.write_bytes(f"{out_folder}/{name}.img.npy", _npy(image_emb.astype(np.float16)))
+    store.write_bytes(f"{out_folder}/{name}.txt.npy", _npy(text_emb.astype(np.float16)))
+    if captions is not None:
+        caption_emb = captions.encode(texts, batch_size=spec.batch_size, normalize_embeddings=True,
+                                      convert_to_numpy=True) if texts else np.zeros((0, 0))
+        store.write_bytes(f"{out_folder}/{name}.cap.npy", _npy(caption_emb.astype(np.float16)))
+    table = pd.DataFrame({
+        "uid": samples["uid"], "key": samples["key"], "text": samples["text"],
+        "clip_score": clip_score.astype(np.float32), "embed_ok": ok, "embed_reason": reason.astype(str),
+        "phash": [_phash(image) if image is not None else 0 for image in images],
+        "thumb": [_thumbnail(image) if image is not None else bytes(192) for image in images],
+        "sha256": samples["sha256"],
+        "width": [image.width if image is not None else 0 for image in images],
+        "height": [image.height if image is not None else 0 for image in images],
+        "original_width": samples["original_width"], "original_height": samples["original_height"],
+    })
+    store.write_bytes(marker, table.to_parquet(index=False))
+    return _summary(name, out_folder, table)
+
+
+def _summary(name: str, out_folder: str, table: pd.DataFrame) -> dict:
+    reasons = table.loc[~table["embed_ok"], "embed_reason"].value_counts().to_dict()
+    return {"name": name, "parquet": f"{out_folder}/{name}.parquet", "rows": int(len(table)),
+            "embedded": int(table["embed_ok"].sum()), "reasons": {k: int(v) for k, v in reasons.items()}}
+
+
+def embed_eval_sets(store: Store, spec: EmbedderSpec, tasklist: str, target: str) -> str:
+    """Image embeddings of every evaluation image in the task list (for eval-set dedup); returns ``target``."""
+    if store.exists(target):
+        return target
+    from tasks.evaluate.eval_sets import iter_samples, open_eval_set, read_tasklist
+
+    clip, _ = get_embedder(spec)
+    images = [image for task in read_tasklist(tasklist) if task.type != "unsupported"
+              for image, _ in iter_samples(open_eval_set(task))]
+    embeddings = clip.embed_images(images) if images else np.zeros((0, 0), np.float32)
+    store.write_bytes(target, _npy(embeddings.astype(np.float16)))
+    return target
