@@ -11,6 +11,7 @@ from tasks.common.prefect_support import RETRY_DELAYS, retry_unless_input_error,
 from tasks.embed.spec import EmbedderSpec
 from tasks.filters.config import FilterConfig
 from tasks.filters.plan import plan_folders, stage_manifests
+from tasks.train.launch import known_models
 
 
 @task(name="plan_embed_filter", retries=1, retry_delay_seconds=RETRY_DELAYS[:1],
@@ -25,6 +26,12 @@ def plan_embed_filter(store: str, pool_name: str, embedder: dict, filters: dict 
     manifest = the_store.read_json(manifest_path)
     spec = EmbedderSpec(**embedder)
     spec.validate()
+    if spec.model not in known_models():
+        raise InputError(f"embedder model {spec.model!r}: not an open_clip model config")
+    if "/" in spec.checkpoint:  # a file, not a pretrained tag
+        fs, path = fsspec.core.url_to_fs(spec.checkpoint)
+        if not fs.exists(path):
+            raise InputError(f"embedder checkpoint {spec.checkpoint}: no such file")
     config = FilterConfig.from_dict(filters)
     tasklist_hash = ""
     if config.eval_tasklist:

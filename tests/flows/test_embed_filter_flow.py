@@ -113,6 +113,10 @@ def test_bad_inputs(small_pool, tiny_checkpoint):
         run_embed_filter(store, "nopool", {"model": "Tiny-ViT-48px", "checkpoint": tiny_checkpoint})
     with pytest.raises(InputError, match="unknown setting"):
         run_embed_filter(store, "e2e", {"model": "Tiny-ViT-48px", "checkpoint": tiny_checkpoint}, {"minimum": 3})
+    with pytest.raises(InputError, match="embedder checkpoint /nowhere.pt: no such file"):
+        run_embed_filter(store, "e2e", {"model": "Tiny-ViT-48px", "checkpoint": "/nowhere.pt"})
+    with pytest.raises(InputError, match="embedder model 'No-Model'"):
+        run_embed_filter(store, "e2e", {"model": "No-Model", "checkpoint": tiny_checkpoint})
     with pytest.raises(InputError, match="eval_tasklist /nowhere.yml: no such file"):
         run_embed_filter(store, "e2e", {"model": "Tiny-ViT-48px", "checkpoint": tiny_checkpoint},
                          {"eval_tasklist": "/nowhere.yml"})
