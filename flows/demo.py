@@ -6,7 +6,9 @@ Generates the demo web pool (deterministic, long-tailed, with planted defects), 
 127.0.0.1, runs ``pool_refresh`` on it into a local store, checks the download against the
 planted failures, trains a ``tiny`` CLIP on the raw downloaded pool (the "no filtering"
 baseline, and the embedder later stages start from), evaluates it on held-out, balanced
-evaluation sets, and prints the tables and where everything is.
+evaluation sets, embeds and filters the pool with that model, clusters what the filters kept with
+one level of k-means and with hierarchical k-means, checks filters and clusters against the
+truth, and prints the tables and where everything is.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.curate import curate
 from flows.pool_refresh import pool_refresh
 from flows.train_eval import train_eval
-from tasks.demo_pool.task import (DEMO_FILTERS, check_download_against_truth, check_filters_against_truth,
-                                  demo_config, generate_demo_eval_sets_task, generate_demo_pool_task,
-                                  long_tail_report, start_demo_server, write_demo_pool_index)
+from tasks.demo_pool.task import (DEMO_FILTERS, check_clusters_against_truth, check_download_against_truth,
+                                  check_filters_against_truth, demo_config, demo_trees, generate_demo_eval_sets_task,
+                                  generate_demo_pool_task, long_tail_report, start_demo_server,
+                                  write_demo_pool_index)
 
 
 @flow(name="demo", log_prints=True)
@@ -60,6 +64,10 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
     finally:
         server.stop()
     filter_check = check_filters_against_truth(curated["filters"], truth)
+    trees = {name: curate(store=store, pool_name="demo", clustering={**clustering, "seed": seed},
+                          dask_address=dask_address)["tree"]
+             for name, clustering in demo_trees(curated["filters"]["rows"]["kept"]).items()}
+    cluster_check = check_clusters_against_truth(trees, truth, store)
     outputs = {
         "pool_index": download["pool_index"],
         "manifest": f"{manifest['store']}/pools/demo/manifest.json",
@@ -73,6 +81,8 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
         "filter report": curated["filters"]["outputs"]["report"],
         "kept by the filters": curated["filters"]["rows"],
         "filters vs planted defects": filter_check,
+        "cluster trees": {name: tree["folder"] for name, tree in trees.items()},
+        "clusters vs true concepts": cluster_check,
     }
     print("demo finished:\n" + json.dumps(outputs, indent=2))
     print("See the runs, task states and artifacts in the Prefect UI: `make ui`, then http://127.0.0.1:4200")

@@ -46,7 +46,7 @@ def embed_filter(store: str, pool_name: str, embedder: dict, filters: dict | Non
     rows = [rowwise_filters_task.submit(store, summary["parquet"], plan["config"], folders["filters"], eval_embeddings,
                                         storage_options) for summary in summaries]
     report = poolwide_filters_task(store, [future.result() for future in rows], plan["config"], folders["filters"],
-                                   pool_name, storage_options)
+                                   pool_name, storage_options, folders["embeddings"])
     return publish_embed_filter_manifests(store, plan, summaries, report, storage_options)
 
 

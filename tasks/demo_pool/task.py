@@ -112,7 +112,10 @@ def long_tail_report(results_uri: str, truth_path: str, manifest: dict) -> dict:
 # 64-192 px; its planted too-small ones 16-40 px) and the eval-set dedup threshold: the tiny
 # model's image embeddings all lie within a narrow cone (any two demo images have a cosine of
 # about 0.99), so only copies of an evaluation image reach 0.9995.
-DEMO_FILTERS = {"min_image_side": 48, "clip_score_top_fraction": 0.8, "eval_dedup_threshold": 0.9995}
+# SemDeDup's threshold is the same for the same reason (0.9995: precision 0.85, recall 0.79 of the
+# planted exact and near copies; 0.999: 0.57 and 0.81).
+DEMO_FILTERS = {"min_image_side": 48, "clip_score_top_fraction": 0.8, "eval_dedup_threshold": 0.9995,
+                "semdedup_threshold": 0.9995}
 
 
 @task(name="check_filters_against_truth")
@@ -127,6 +130,39 @@ def check_filters_against_truth(filters_manifest: dict, truth_path: str) -> list
     rows = filter_precision_recall(pd.concat(frames, ignore_index=True), pd.read_parquet(truth_path))
     create_table_artifact(key="demo-filters-vs-truth", table=rows,
                           description="Each filter against the defects the demo generator planted.")
+    return rows
+
+
+def demo_trees(kept: int) -> dict[str, dict]:
+    """The demo's two trees over the ``kept`` filtered samples, with the same number of top clusters.
+
+    One level of k-means against three levels with resampling (the paper's recipe scaled down:
+    800 / 300 / 100 clusters for the default pool's ~15,000 kept samples, as many top clusters
+    as concepts; smaller pools get proportionally fewer).
+    """
+    top = min(100, max(2, kept // 20))
+    return {"1 level": {"levels": [top]},
+            "3 levels, resampling": {"levels": [min(8 * top, kept), {"k": 3 * top, "resampling_steps": 10},
+                                                {"k": top, "resampling_steps": 10}]}}
+
+
+@task(name="check_clusters_against_truth")
+def check_clusters_against_truth(trees: dict[str, dict], truth_path: str, store: str) -> list[dict]:
+    """How evenly each tree's top clusters spread over the true concepts (the paper's Fig. 4; an artifact)."""
+    from tasks.cluster.pool_input import relative
+    from tasks.common.store import Store
+    from tasks.evaluate.cluster_truth import clusters_per_concept, spread_summary
+
+    the_store = Store(store)
+    truth = pd.read_parquet(truth_path, columns=["uid", "concept"])
+    rows = []
+    for name, tree in trees.items():
+        per_concept = clusters_per_concept(the_store, relative(the_store, tree["folder"]), truth)
+        rows.append({"tree": name, "levels": " / ".join(str(level["k"]) for level in tree["levels"]),
+                     **spread_summary(per_concept)})
+    create_table_artifact(key="demo-clusters-vs-truth", table=rows,
+                          description="Top-level clusters per true concept: a log-log slope near 0 and more "
+                                      "concepts with a cluster mean a more even spread.")
     return rows
 
 

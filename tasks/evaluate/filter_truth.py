@@ -25,7 +25,8 @@ CHECKS = {
 }
 DEDUP_CHECKS = {"exact duplicates": ("exact_dedup", ("exact",)),
                 "near duplicates (re-encoded, resized, cropped)": ("phash_dedup", ("reencode", "resize", "crop")),
-                "near duplicates without crops": ("phash_dedup", ("reencode", "resize"))}
+                "near duplicates without crops": ("phash_dedup", ("reencode", "resize")),
+                "semantic duplicates (exact and near copies)": ("semdedup", ("exact", "reencode", "resize", "crop"))}
 
 
 def _row(check, filter_name, planted, removed, true_positive, needed=None):
@@ -60,5 +61,10 @@ def filter_precision_recall(decisions: pd.DataFrame, truth: pd.DataFrame) -> lis
         needed = pd.Series(size, index=group).groupby(level=0).first() - 1
         found = np.minimum(removed_per_group, needed).sum()
         rows.append(_row(check, name, copies.sum(), removed.sum(), found, needed=needed.sum()))
-        rows[-1]["precision"] = round((removed & in_group).sum() / removed.sum(), 3) if removed.sum() else None
+        # precision: a removal is right when the sample is in any planted group of copies (a pHash
+        # match of an exact duplicate is right too), whichever kinds the check's recall counts
+        any_copy = frame["dup_kind"].fillna("") != ""
+        any_group = np.where(any_copy, frame["dup_of"], frame["uid"])
+        in_any_group = pd.Series(any_group).map(pd.Series(any_group).value_counts()).to_numpy() >= 2
+        rows[-1]["precision"] = round((removed & in_any_group).sum() / removed.sum(), 3) if removed.sum() else None
     return rows

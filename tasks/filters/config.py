@@ -40,6 +40,8 @@ class FilterConfig:
     eval_dedup_threshold: float = 0.97
     clip_score_threshold: float | None = None
     clip_score_top_fraction: float | None = None
+    semdedup_threshold: float | None = None  # cosine above which two images are semantic duplicates; None: off
+    semdedup_clusters: int = 0    # k-means clusters for SemDeDup; 0: one per 1,000 samples
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -57,6 +59,10 @@ class FilterConfig:
             raise InputError(f"filters clip_score_top_fraction: must be in (0, 1], got {self.clip_score_top_fraction}")
         if self.clip_score_threshold is not None and self.clip_score_top_fraction is not None:
             raise InputError("filters: set clip_score_threshold or clip_score_top_fraction, not both")
+        if self.semdedup_threshold is not None and not -1 <= self.semdedup_threshold <= 1:
+            raise InputError(f"filters semdedup_threshold: a cosine in [-1, 1], got {self.semdedup_threshold}")
+        if self.semdedup_clusters < 0:
+            raise InputError(f"filters semdedup_clusters: must not be negative, got {self.semdedup_clusters}")
         if any(not term.strip() for term in self.nsfw_terms):
             raise InputError("filters nsfw_terms: empty term")
 

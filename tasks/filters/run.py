@@ -19,6 +19,7 @@ import io
 import numpy as np
 import pandas as pd
 
+from tasks.common.errors import InputError
 from tasks.common.store import Store
 from tasks.filters.basic import basic_decisions
 from tasks.filters.clip_score import clip_score_cutoff, clip_score_decisions
@@ -26,8 +27,9 @@ from tasks.filters.config import FilterConfig
 from tasks.filters.dedup import exact_duplicates, perceptual_duplicates
 from tasks.filters.eval_dedup import eval_dedup_decisions
 from tasks.filters.nsfw import load_image_head, nsfw_image_decisions, nsfw_text_decisions
+from tasks.filters.semdedup import semantic_duplicates
 
-FILTER_VERSION = 2  # bump when a change alters the decisions
+FILTER_VERSION = 3  # bump when a change alters the decisions
 CARRIED = ["uid", "key", "text", "clip_score", "embed_ok", "embed_reason", "phash", "thumb", "sha256", "width",
            "height", "original_width", "original_height"]
 
@@ -62,8 +64,13 @@ def filter_names(frame: pd.DataFrame) -> list[str]:
     return [c.removeprefix("keep_") for c in frame.columns if c.startswith("keep_")]
 
 
-def poolwide_filters(store: Store, rows_files: list[str], config: FilterConfig, out_folder: str) -> dict:
-    """Dedup and CLIP score over the whole pool, the overall decision per sample, and the report."""
+def poolwide_filters(store: Store, rows_files: list[str], config: FilterConfig, out_folder: str,
+                     embeddings_folder: str = "") -> dict:
+    """Dedup, SemDeDup and CLIP score over the whole pool, the overall decision per sample, and the report.
+
+    SemDeDup reads the image embeddings of every shard (``<embeddings_folder>/<shard>.img.npy``)
+    into this process: float16, so 1M samples of a 768-d model take 1.5 GB.
+    """
     if store.exists(f"{out_folder}/report.json") and store.exists(f"{out_folder}/report.png"):
         return store.read_json(f"{out_folder}/report.json")  # this exact run finished before
     frames = []
@@ -81,6 +88,16 @@ def poolwide_filters(store: Store, rows_files: list[str], config: FilterConfig, 
         thumbs = np.frombuffer(b"".join(pool["thumb"]), dtype=np.uint8).reshape(len(pool), -1)
         pool = pool.join(perceptual_duplicates(pool["uid"], pool["phash"], config.phash_max_distance, decodable,
                                                thumbs, config.phash_max_color_distance))
+    if config.semdedup_threshold is not None:
+        if not embeddings_folder:
+            raise InputError("filters semdedup_threshold: set, but no embeddings folder was given")
+        embeddings = np.concatenate([load_npy(store, f"{embeddings_folder}/{shard}.img.npy")
+                                     for shard in pool["_shard"].unique()]).astype(np.float32)
+        clusters = config.semdedup_clusters or max(1, len(pool) // 1000)
+        pool = pool.join(semantic_duplicates(embeddings, pool["embed_ok"].to_numpy(dtype=bool), pool.index, clusters,
+                                             config.semdedup_threshold))
+    else:
+        skipped["semdedup"] = "no semdedup_threshold set"
     cutoff = clip_score_cutoff(pool["clip_score"].to_numpy(dtype=float), config.clip_score_threshold,
                                config.clip_score_top_fraction)
     if cutoff is not None:

@@ -21,9 +21,9 @@ def rowwise_filters_task(store: str, embed_parquet: str, config: dict, out_folde
 @task(name="poolwide_filters", retries=1, retry_delay_seconds=RETRY_DELAYS[:1],
       retry_condition_fn=retry_unless_input_error)
 def poolwide_filters_task(store: str, rows_files: list[str], config: dict, out_folder: str, pool_name: str,
-                          storage_options: dict | None = None) -> dict:
+                          storage_options: dict | None = None, embeddings_folder: str = "") -> dict:
     the_store = store_from(store, storage_options)
-    report = poolwide_filters(the_store, rows_files, FilterConfig.from_dict(config), out_folder)
+    report = poolwide_filters(the_store, rows_files, FilterConfig.from_dict(config), out_folder, embeddings_folder)
     logger = get_run_logger()
     for name, why in report["skipped"].items():
         logger.warning("filter %s skipped: %s", name, why)

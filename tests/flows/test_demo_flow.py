@@ -26,14 +26,17 @@ def test_demo_runs_end_to_end_and_reruns_from_cache(prefect_harness, tmp_path):
     manifest = json.loads((tmp_path / "demo/store/pools/demo/manifest.json").read_text())
     assert manifest["rows"] == outputs["samples"] and manifest["rows"]["input"] == 400
     assert (tmp_path / "demo/web/truth.parquet").exists()
-    assert _latest_download_states(1) == ["Completed"]
+    assert _latest_download_states(2) == ["Cached", "Completed"]  # the demo's second pool_refresh embeds and filters
     assert outputs["model trained on the raw pool"].endswith("/checkpoints/epoch_2.pt")
     assert [t["key"] for t in outputs["evaluation"]["tasks"]] == ["demo/concepts", "demo/retrieval"]
     groups = outputs["zero-shot recall by concept frequency"]["groups"]
     assert [g["group"] for g in groups] == ["head (top 10%)", "torso", "tail (bottom 50%)"]
     assert sum(g["classes"] for g in groups) == 100
+    clusters = {row["tree"]: row for row in outputs["clusters vs true concepts"]}
+    assert set(clusters) == {"1 level", "3 levels, resampling"}
+    assert clusters["1 level"]["clusters"] == clusters["3 levels, resampling"]["clusters"]
 
     again = demo(workdir=str(tmp_path / "demo"), n_samples=400, seed=3, timeout=5, train_overrides=QUICK)
     assert again["samples"] == outputs["samples"]
-    assert _latest_download_states(1) == ["Cached"]
+    assert _latest_download_states(2) == ["Cached", "Cached"]
     assert again["evaluation"] == outputs["evaluation"]

@@ -11,13 +11,18 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 
 from flow_support import FAST_DOWNLOAD, task_run_states
+from flows.curate import curate
 from flows.embed_filter import run_embed_filter
+from tasks.cluster.tree import load_tree
 from flows.pool_refresh import pool_refresh
 from tasks.common.errors import InputError
 from tasks.common.store import Store
 from tasks.demo_pool.eval_sets import generate_eval_sets
 from tasks.evaluate.filter_truth import filter_precision_recall
 from tests_support import SMALL_POOL
+
+# The barely trained test model puts all images in a narrow cone: only copies reach this cosine.
+FILTERS = {"min_image_side": 48, "clip_score_top_fraction": 0.9, "semdedup_threshold": 0.99999}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def tasklist(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def filtered(small_pool, small_index, web_server, tiny_checkpoint, tasklist):
-    filters = {"min_image_side": 48, "eval_tasklist": tasklist, "clip_score_top_fraction": 0.9}
+    filters = {**FILTERS, "eval_tasklist": tasklist}
     state = pool_refresh(pool_index=str(small_index), store=str(small_pool["store"]), pool_name="e2e",
                          embedder={"model": "Tiny-ViT-48px", "checkpoint": tiny_checkpoint, "batch_size": 64},
                          filters=filters, return_state=True, **FAST_DOWNLOAD)
@@ -51,6 +56,13 @@ def test_filters_find_what_was_planted(filtered, small_truth, small_pool):
     assert checks["non-English captions"]["recall"] >= 0.8
     assert checks["near duplicates without crops"]["recall"] >= 0.9
     assert checks["leaked evaluation images"]["recall"] == 1.0
+    # SemDeDup with a barely trained model: its near-copy precision varies from run to run, but an
+    # exact copy has the same embedding as its original, so one of every such pair must go
+    frame = decisions.merge(small_truth[["uid", "dup_kind", "dup_of"]], on="uid")
+    removed = set(frame.loc[~frame["keep_semdedup"], "uid"])
+    exact = frame[(frame["dup_kind"] == "exact") & frame["dup_of"].isin(set(frame["uid"]))]
+    assert len(exact) > 0
+    assert all(copy in removed or original in removed for copy, original in zip(exact["uid"], exact["dup_of"]))
     assert decisions["keep"].sum() == out["filters"]["rows"]["kept"]
     assert (decisions["keep"] == decisions[[c for c in decisions if c.startswith("keep_")]].all(axis=1)).all()
 
@@ -61,7 +73,7 @@ def test_report_manifests_and_alignment(filtered, small_pool):
     report = store.read_json(out["filters"]["outputs"]["report"][len(store.root) + 1:])
     assert report["skipped"] == {"nsfw_image": "no nsfw_image_head configured: image NSFW was NOT checked"}
     assert set(report["removed_by"]) == {"basic", "nsfw_text", "eval_dedup", "exact_dedup", "phash_dedup",
-                                         "clip_score", "embed"}
+                                         "semdedup", "clip_score", "embed"}
     assert report["overlap"]["basic"]["basic"] == report["removed_by"]["basic"]
     assert store.read_bytes(out["filters"]["outputs"]["plot"][len(store.root) + 1:]).startswith(b"\x89PNG")
     for shard, decisions in zip(out["embeddings"]["outputs"]["shards"], out["filters"]["outputs"]["decisions"]):
@@ -73,8 +85,28 @@ def test_second_run_embeds_nothing(filtered, small_pool, tiny_checkpoint, taskli
     state, out = filtered
     again = run_embed_filter(str(small_pool["store"]), "e2e",
                              {"model": "Tiny-ViT-48px", "checkpoint": tiny_checkpoint, "batch_size": 64},
-                             {"min_image_side": 48, "eval_tasklist": tasklist, "clip_score_top_fraction": 0.9})
+                             {**FILTERS, "eval_tasklist": tasklist})
     assert again["filters"]["content_hash"] == out["filters"]["content_hash"]
+
+
+def test_curate_clusters_the_filtered_pool(filtered, small_pool, tiny_checkpoint):
+    # with this weak model the eval-set dedup at its default threshold removes nearly everything:
+    # cluster what the other filters keep
+    out = run_embed_filter(str(small_pool["store"]), "e2e",
+                           {"model": "Tiny-ViT-48px", "checkpoint": tiny_checkpoint, "batch_size": 64}, FILTERS)
+    assert out["filters"]["rows"]["kept"] > 100
+    state = curate(store=str(small_pool["store"]), pool_name="e2e", return_state=True,
+                   clustering={"levels": [20, {"k": 5, "resampling_steps": 2}], "engine": "dask"})
+    tree = state.result()["tree"]
+    assert [level["k"] for level in tree["levels"]] == [20, 5]
+    assert tree["samples"] == out["filters"]["rows"]["kept"]
+    assert tree["levels"][1]["samples_per_cluster"]["mean"] * 5 == pytest.approx(tree["samples"])
+    levels = load_tree(Store(str(small_pool["store"])), tree["folder"][len(str(small_pool["store"])) + 1:])
+    assert len(levels[0].labels) == tree["samples"]
+    assert task_run_states(state.state_details.flow_run_id)["cluster_pool"] == ["Completed"]
+    again = curate(store=str(small_pool["store"]), pool_name="e2e", return_state=True,
+                   clustering={"levels": [20, {"k": 5, "resampling_steps": 2}], "engine": "dask"})
+    assert task_run_states(again.state_details.flow_run_id)["cluster_pool"] == ["Cached"]
 
 
 def test_killed_embedding_resumes_per_shard(small_pool, tiny_checkpoint, tmp_path):

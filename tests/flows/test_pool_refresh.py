@@ -46,7 +46,8 @@ def test_counts_match_what_was_planted(first_run, small_truth, small_index):
 def test_manifest_report_and_artifact(first_run):
     manifest = first_run["manifest"]
     store = Store(str(first_run["store"]))
-    assert store.read_json("pools/e2e/manifest.json") == manifest
+    # the same content (a later pool_refresh of this pool may have rewritten it with a new created_at)
+    assert store.read_json("pools/e2e/manifest.json")["content_hash"] == manifest["content_hash"]
     assert store.exists(f"pools/e2e/manifests/{manifest['content_hash'][:16]}.json")
     report = store.read_json("pools/e2e/download_report.json")
     assert report["status_counts"] == {k: manifest["rows"][k] for k in report["status_counts"]}

@@ -1,0 +1,183 @@
+"""Benchmark: the Dask k-means engine against faiss-cpu, out of core, and from 1 to 2 workers.
+
+    python benchmarks/kmeans.py [--rows 200000] [--dim 256] [--k 1000] [--ooc-rows 5000000]
+
+1. One Lloyd iteration on ``rows x dim`` float32 with ``k`` centroids, both from the same
+   centroids: ours on a local Dask cluster (one single-threaded worker per core, the points
+   persisted in blocks of 25,000 rows; one iteration = centroids out, per-block sums and counts
+   back, the reduction), against ``faiss.Kmeans`` with as many threads. Per-iteration times are
+   (time for 4 iterations - time for 1) / 3 for both, so set-up costs cancel.
+   ``time_ratio_vs_faiss`` = ours / faiss.
+2. Dask scaling: the same iteration with 1 worker and with 2 workers.
+3. Out of core: ``ooc-rows x dim`` float16 embeddings written to a store as shards of 100,000
+   rows (``tasks/cluster/imported.py``), then 4 levels of hierarchical k-means with resampling
+   (``tasks/cluster/run.py`` on a local Dask cluster streaming the shards). Peak resident memory
+   is the largest sum, sampled every 0.2 s, of the RSS of this process and every worker.
+
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.cluster.kmeans import KMeans  # noqa: E402
+from tasks.common.dask_cluster import dask_client  # noqa: E402
+
+GIB = 1024 ** 3
+
+
+def clustered_data(rows: int, dim: int, centers: int, seed: int, dtype=np.float32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(centers, dim)).astype(np.float32)
+    data = means[rng.integers(0, centers, rows)]
+    data += 0.5 * rng.standard_normal(size=data.shape, dtype=np.float32)
+    return data.astype(dtype, copy=False)
+
+
+def faiss_iteration(points: np.ndarray, centroids: np.ndarray, threads: int) -> float:
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+
+    def run(iterations: int) -> float:
+        model = faiss.Kmeans(points.shape[1], len(centroids), niter=iterations, seed=1, max_points_per_centroid=10 ** 9)
+        started = time.perf_counter()
+        model.train(points, init_centroids=centroids)
+        return time.perf_counter() - started
+
+    run(1)  # warm-up
+    return (run(4) - run(1)) / 3
+
+
+def dask_iteration(points: np.ndarray, centroids: np.ndarray, workers: int) -> float:
+    import dask.array as da
+
+    with dask_client(n_workers=workers, gpu=False) as client:
+        blocks = client.persist(da.from_array(points, chunks=(25_000, points.shape[1])))
+        model = KMeans(len(centroids), engine="dask", client=client)
+        delayed_blocks = list(blocks.to_delayed().ravel())
+        model._iteration_statistics(delayed_blocks, centroids)  # warm-up: workers import numpy, scipy
+
+        def run(iterations: int) -> float:
+            current = centroids
+            started = time.perf_counter()
+            for _ in range(iterations):
+                from tasks.cluster.lloyd import updated_centroids
+
+                current, _ = updated_centroids(model._iteration_statistics(delayed_blocks, current), current)
+            return time.perf_counter() - started
+
+        return (run(4) - run(1)) / 3
+
+
+class PeakMemory:
+    """Largest sum of the RSS of this process and its children, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for proc in [self.process] + self.process.children(recursive=True):
+                try:
+                    total += proc.memory_info().rss
+                except Exception:  # noqa: BLE001 - a child that just exited
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def out_of_core(rows: int, dim: int, shard_rows: int, levels: list, max_iter: int, workers: int) -> dict:
+    from tasks.cluster.imported import import_embeddings
+    from tasks.cluster.run import ClusterConfig, cluster_pool
+    from tasks.common.store import Store
+
+    folder = tempfile.mkdtemp(prefix="kmeans-ooc-", dir=os.environ.get("BENCH_DIR"))
+    try:
+        store = Store(folder)
+        started = time.perf_counter()
+
+        def shards():
+            for number, start in enumerate(range(0, rows, shard_rows)):
+                count = min(shard_rows, rows - start)
+                uids = np.char.add(f"{number:05d}-", np.arange(count).astype(str))
+                yield uids, clustered_data(count, dim, 2000, seed=number, dtype=np.float16)
+
+        import_embeddings(store, "ooc", shards())
+        written = time.perf_counter() - started
+        config = ClusterConfig.from_dict({"levels": levels, "engine": "dask", "max_iter": max_iter})
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            with dask_client(n_workers=workers, gpu=False) as client:
+                summary = cluster_pool(store, "ooc", config, client=client)
+            seconds = time.perf_counter() - started
+        return {"rows": rows, "dim": dim, "dtype": "float16", "shards": -(-rows // shard_rows),
+                "levels": [level["k"] for level in summary["levels"]], "max_iter": max_iter,
+                "write_seconds": round(written, 1), "cluster_seconds": round(seconds, 1),
+                "peak_rss_gib": round(memory.peak / GIB, 2)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ooc-rows", type=int, default=5_000_000)
+    parser.add_argument("--ooc-max-iter", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    points = clustered_data(args.rows, args.dim, 2 * args.k, seed=0)
+    centroids = points[np.random.default_rng(1).choice(args.rows, args.k, replace=False)].copy()
+    faiss_seconds = faiss_iteration(points, centroids, args.workers)
+    ours_seconds = dask_iteration(points, centroids, args.workers)
+    one_worker = dask_iteration(points, centroids, 1)
+    print(f"one Lloyd iteration, {args.rows} x {args.dim}, k={args.k}: faiss {faiss_seconds:.3f} s, "
+          f"ours (Dask, {args.workers} workers) {ours_seconds:.3f} s, ours with 1 worker {one_worker:.3f} s")
+    figures = {"benchmark": "kmeans", "rows": args.rows, "dim": args.dim, "k": args.k, "workers": args.workers,
+               "faiss_iteration_seconds": round(faiss_seconds, 3), "ours_iteration_seconds": round(ours_seconds, 3),
+               "time_ratio_vs_faiss": round(ours_seconds / faiss_seconds, 3),
+               "one_worker_iteration_seconds": round(one_worker, 3),
+               "speedup_2_workers_vs_1": round(one_worker / ours_seconds, 3)}
+    if args.ooc_rows:
+        levels = [1000, {"k": 200, "resampling_steps": 10}, {"k": 50, "resampling_steps": 10},
+                  {"k": 10, "resampling_steps": 10}]
+        ooc = out_of_core(args.ooc_rows, args.dim, 100_000, levels, args.ooc_max_iter, args.workers)
+        print(f"out of core: {ooc}")
+        figures["out_of_core"] = ooc
+        figures["peak_rss_gib_out_of_core"] = ooc["peak_rss_gib"]
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

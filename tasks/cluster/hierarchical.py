@@ -1,0 +1,240 @@
+"""Hierarchical k-means with resampling (Vo et al., 2024; METHODS.md section 1).
+
+In:  points (numpy/cupy in memory, or a Dask array streamed from the store), a list of
+     :class:`LevelSpec` (k, resampling steps, points per cluster, "closest" or "random"), the
+     metric (``cosine``: rows L2-normalised first; ``l2``: raw), an engine and a seed.
+Out: :class:`HierarchicalKMeans` with ``levels_``: one :class:`ClusterLevel` per level, whose
+     inputs are the samples (level 1) or the previous level's centroids, each counted once.
+
+Per level ``t``: k-means (k-means++ seeding) on the level's input ``I``; then ``m`` times: take
+the ``r`` members of every cluster closest to its centroid (or ``r`` random members), run a fresh
+k-means on those only, and reassign all of ``I`` to the new centroids. The level keeps the
+centroids fitted on the resampled points. A checkpoint object (see
+:class:`~tasks.cluster.tree.StoreCheckpoints`) saves the centroids after every step and each
+finished level, so a killed run resumes at the last step; every step draws from its own seed, so
+a resumed run ends exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from tasks.cluster.kmeans import KMeans, check_finite, is_dask_array
+from tasks.cluster.lloyd import DEFAULT_CHUNK_ROWS, array_module, to_host
+from tasks.cluster.split import split_clusters
+from tasks.common.errors import InputError
+
+METRICS = ("cosine", "l2")
+RESAMPLING = ("closest", "random")
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """One level: ``k`` clusters, ``resampling_steps`` (m), ``points_per_cluster`` (r; 0 means half
+    the level's mean cluster size, as the paper's code), ``resampling`` "closest" or "random";
+    ``split`` (level 1 only): split each of the ``k`` clusters into up to ``split`` by a local
+    k-means, the paper's cheap level 1 for very large pools (:mod:`tasks.cluster.split`)."""
+
+    k: int
+    resampling_steps: int = 0
+    points_per_cluster: int = 0
+    resampling: str = "closest"
+    split: int = 0
+
+    @classmethod
+    def from_value(cls, value: "LevelSpec | dict | int") -> "LevelSpec":
+        if isinstance(value, LevelSpec):
+            return value
+        if isinstance(value, int):
+            return cls(k=value)
+        unknown = set(value) - {"k", "resampling_steps", "points_per_cluster", "resampling", "split"}
+        if unknown:
+            raise InputError(f"levels: unknown setting(s) {sorted(unknown)}")
+        return cls(**value)
+
+    def points_for(self, n_inputs: int) -> int:
+        return self.points_per_cluster or max(1, round(n_inputs / self.k / 2))
+
+
+@dataclass
+class ClusterLevel:
+    """One fitted level: ``centroids`` (k x d), and for each input its ``labels`` and squared
+    ``distances``; ``order``/``offsets`` list every cluster's members sorted by distance."""
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    distances: np.ndarray
+    order: np.ndarray = field(init=False)
+    offsets: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.order, self.offsets = sort_members(self.labels, self.distances, len(self.centroids))
+
+    @property
+    def k(self) -> int:
+        return len(self.centroids)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def members(self, cluster: int) -> np.ndarray:
+        """Indices of the level's inputs in ``cluster``, closest to its centroid first."""
+        return self.order[self.offsets[cluster]:self.offsets[cluster + 1]]
+
+
+class Checkpoints(Protocol):
+    def load_level(self, level: int) -> ClusterLevel | None: ...
+    def save_level(self, level: int, result: ClusterLevel) -> None: ...
+    def latest_step(self, level: int) -> tuple[int, np.ndarray] | None: ...
+    def save_step(self, level: int, step: int, centroids: np.ndarray) -> None: ...
+
+
+def sort_members(labels: np.ndarray, distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices sorted by (cluster, distance) and the ``k + 1`` offsets of each cluster's run."""
+    order = np.lexsort((distances, labels))
+    offsets = np.zeros(k + 1, dtype=np.int64)
+    np.cumsum(np.bincount(labels, minlength=k), out=offsets[1:])
+    return order, offsets
+
+
+def resample_indices(labels: np.ndarray, distances: np.ndarray, k: int, r: int, mode: str,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of the ``r`` members of every cluster closest to its centroid (or random ones)."""
+    key = distances if mode == "closest" else rng.random(len(labels))
+    order, offsets = sort_members(labels, key, k)
+    rank = np.arange(len(order)) - offsets[labels[order]]
+    return np.sort(order[rank < r])
+
+
+def step_seed(seed: int, level: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, level, step]).generate_state(1)[0])
+
+
+def normalise_rows(points, what: str = "points"):
+    """Rows scaled to unit L2 norm (float32); a zero row is an error naming it."""
+    xp = array_module(points)
+    x = xp.asarray(points, dtype=xp.float32)
+    norms = xp.sqrt((x * x).sum(axis=1, keepdims=True))
+    zero = norms[:, 0] == 0
+    if bool(zero.any()):
+        raise InputError(f"{what}: row {int(xp.flatnonzero(zero)[0])} is a zero vector, which has no direction "
+                         f"(metric='cosine'); remove it or use metric='l2'")
+    return x / norms
+
+
+def _normalise_block(block):
+    return normalise_rows(block, "a block of the input").astype(block.dtype, copy=False)
+
+
+class HierarchicalKMeans:
+    """Hierarchical k-means with resampling; ``fit`` returns self with ``levels_``."""
+
+    def __init__(self, levels: list[LevelSpec | dict | int], *, metric: str = "cosine", engine: str = "auto",
+                 max_iter: int = 50, tol: float = 1e-4, seed: int = 0, client=None,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, checkpoints: Checkpoints | None = None,
+                 on_step=None):
+        if not levels:
+            raise InputError("levels: at least one level is needed")
+        self.levels = [LevelSpec.from_value(v) for v in levels]
+        for number, spec in enumerate(self.levels, 1):
+            if spec.k < 1:
+                raise InputError(f"level {number}: k={spec.k} must be at least 1 (levels[{number - 1}].k)")
+            if spec.resampling not in RESAMPLING:
+                raise InputError(f"level {number}: resampling={spec.resampling!r}: expected closest or random")
+            if spec.resampling_steps < 0 or spec.points_per_cluster < 0 or spec.split < 0:
+                raise InputError(f"level {number}: resampling_steps, points_per_cluster and split must not be negative")
+            if spec.split and number > 1:
+                raise InputError(f"level {number}: split={spec.split} is only for level 1 (levels[{number - 1}].split)")
+        if metric not in METRICS:
+            raise InputError(f"metric={metric!r}: expected cosine or l2")
+        self.metric = metric
+        self.engine = engine
+        self.max_iter = max_iter
+        self.tol = tol
+        self.seed = seed
+        self.client = client
+        self.chunk_rows = chunk_rows
+        self.checkpoints = checkpoints
+        self.on_step = on_step  # called as on_step(level, step, steps) after each k-means of a level
+
+    def fit(self, points) -> "HierarchicalKMeans":
+        inputs = self._prepared(points)
+        self.levels_: list[ClusterLevel] = []
+        for number, spec in enumerate(self.levels, 1):
+            saved = self.checkpoints.load_level(number) if self.checkpoints else None
+            level = saved or self._fit_level(number, spec, inputs)
+            self.levels_.append(level)
+            inputs = normalise_rows(level.centroids) if self.metric == "cosine" else level.centroids
+        return self
+
+    # -------------------------------------------------------------------------
+    def _prepared(self, points):
+        if getattr(points, "ndim", None) != 2 or 0 in points.shape:
+            raise InputError(f"level 1: expected a non-empty 2-D array of points, got shape "
+                             f"{getattr(points, 'shape', None)}")
+        if is_dask_array(points):
+            points = points.rechunk({1: -1})
+            if self.metric == "cosine":
+                points = points.map_blocks(_normalise_block, dtype=points.dtype)
+            # held in the workers' memory for the whole level (k-means, then every resampling step)
+            return self.client.persist(points) if self.client is not None else points.persist()
+        check_finite(points, "level 1 points")
+        if self.metric == "l2":
+            return points
+        # the normalised points keep the input's dtype, as the Dask blocks do (float16 stays float16)
+        return normalise_rows(points, "level 1 points").astype(points.dtype, copy=False)
+
+    def _kmeans(self, k: int, seed: int) -> KMeans:
+        return KMeans(k, engine=self.engine, max_iter=self.max_iter, tol=self.tol, seed=seed, client=self.client,
+                      chunk_rows=self.chunk_rows)
+
+    def _fit_level(self, number: int, spec: LevelSpec, inputs) -> ClusterLevel:
+        n_inputs = int(inputs.shape[0])
+        if spec.k > n_inputs:
+            where = "samples" if number == 1 else f"centroids of level {number - 1}"
+            raise InputError(f"level {number}: k={spec.k} is larger than its {n_inputs} inputs ({where}); "
+                             f"lower levels[{number - 1}].k")
+        resumed = self.checkpoints.latest_step(number) if self.checkpoints else None
+        if resumed is None:
+            model = self._kmeans(spec.k, step_seed(self.seed, number, 0)).fit(inputs)
+            step, centroids = 0, model.cluster_centers_
+            labels, distances = model.labels_, model.distances_
+            self._record(number, 0, centroids, spec.resampling_steps)
+        else:
+            step, centroids = resumed
+            labels, distances = self._assign(inputs, centroids)
+        r = spec.points_for(n_inputs)
+        for step in range(step + 1, spec.resampling_steps + 1):
+            rng = np.random.default_rng(step_seed(self.seed, number, step))
+            chosen = resample_indices(labels, distances, spec.k, r, spec.resampling, rng)
+            if len(chosen) >= spec.k:  # fewer resampled points than clusters: keep the centroids
+                resampled = inputs[chosen]
+                if is_dask_array(resampled):
+                    resampled = self._kmeans(spec.k, 0)._compute([resampled])[0]
+                centroids = self._kmeans(spec.k, step_seed(self.seed, number, step)).fit(resampled).cluster_centers_
+            labels, distances = self._assign(inputs, centroids)
+            self._record(number, step, centroids, spec.resampling_steps)
+        if spec.split:
+            centroids, _, labels, distances = split_clusters(inputs, labels, spec.k, spec.split,
+                                                             step_seed(self.seed, number, spec.resampling_steps + 1),
+                                                             self.max_iter, self.client)
+        level = ClusterLevel(centroids=np.asarray(centroids, dtype=np.float32), labels=labels.astype(np.int64),
+                             distances=distances.astype(np.float32))
+        if self.checkpoints:
+            self.checkpoints.save_level(number, level)
+        return level
+
+    def _assign(self, inputs, centroids) -> tuple[np.ndarray, np.ndarray]:
+        model = self._kmeans(len(centroids), 0)
+        model.cluster_centers_ = np.asarray(to_host(centroids), dtype=np.float32)
+        return model.assign(inputs)
+
+    def _record(self, number: int, step: int, centroids, steps: int) -> None:
+        if self.checkpoints:
+            self.checkpoints.save_step(number, step, np.asarray(to_host(centroids), dtype=np.float32))
+        if self.on_step:
+            self.on_step(number, step, steps)

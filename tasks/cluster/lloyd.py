@@ -1,0 +1,137 @@
+"""The per-block arithmetic of Lloyd's k-means, written once for numpy and cupy arrays.
+
+In:  a block of points (``n x d``, numpy or cupy, any float dtype) and centroids (``k x d``).
+Out: :func:`assign` the nearest centroid and squared L2 distance of every point;
+     :func:`block_statistics` one block's partial sums, counts, inertia and farthest points, the
+     only thing that leaves a worker in an iteration; :func:`combine_statistics` adds them up.
+
+Assignment is one matrix product per chunk of rows (never an ``n x k`` matrix for the whole
+block): with ``x' = [x, 1]`` and ``c' = [c, -|c|^2 / 2]`` the score ``x' . c'`` is largest for the
+nearest centroid, so the product already holds everything the argmax needs. Partial sums are a
+sparse one-hot ``k x n`` matrix times the block: linear in ``n d``, unlike a dense one-hot product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_CHUNK_ROWS = 8192
+
+
+def array_module(array):
+    """``cupy`` for a cupy array, else ``numpy``."""
+    try:
+        import cupy
+
+        return cupy.get_array_module(array)
+    except ImportError:
+        return np
+
+
+def to_host(array) -> np.ndarray:
+    """A numpy copy of a numpy or cupy array."""
+    return array.get() if hasattr(array, "get") and not isinstance(array, np.ndarray) else np.asarray(array)
+
+
+def _sparse_module(xp):
+    if xp is np:
+        import scipy.sparse
+
+        return scipy.sparse
+    import cupyx.scipy.sparse
+
+    return cupyx.scipy.sparse
+
+
+def augmented_centroids(centroids, xp):
+    """``[c, -|c|^2 / 2]`` in float32, on the device of ``xp``."""
+    c = xp.asarray(centroids, dtype=xp.float32)
+    return xp.concatenate([c, -0.5 * (c * c).sum(axis=1, keepdims=True)], axis=1)
+
+
+def assign(points, centroids, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+    """Nearest centroid (int64) and squared L2 distance (float32) of every row of ``points``."""
+    xp = array_module(points)
+    n, d = points.shape
+    target = augmented_centroids(centroids, xp).T.copy()
+    labels = xp.empty(n, dtype=xp.int64)
+    distances = xp.empty(n, dtype=xp.float32)
+    rows = xp.empty((min(chunk_rows, max(n, 1)), d + 1), dtype=xp.float32)
+    rows[:, d] = 1.0
+    for start in range(0, n, chunk_rows):
+        stop = min(n, start + chunk_rows)
+        chunk = rows[: stop - start]
+        chunk[:, :d] = points[start:stop]
+        scores = chunk @ target
+        best = scores.argmax(axis=1)
+        top = xp.take_along_axis(scores, best[:, None], axis=1)[:, 0]
+        x = chunk[:, :d]
+        labels[start:stop] = best
+        distances[start:stop] = xp.maximum((x * x).sum(axis=1) - 2.0 * top, 0.0)
+    return labels, distances
+
+
+def cluster_sums(points, labels, k: int):
+    """Per-cluster sums of ``points`` (``k x d`` float64) by a sparse one-hot product."""
+    xp = array_module(points)
+    sparse = _sparse_module(xp)
+    n = points.shape[0]
+    one_hot = sparse.csr_matrix((xp.ones(n, dtype=xp.float32), (labels, xp.arange(n))), shape=(k, n))
+    return xp.asarray(one_hot @ points.astype(xp.float32, copy=False), dtype=xp.float64)
+
+
+@dataclass
+class BlockStatistics:
+    """What one block contributes to an iteration (host numpy arrays)."""
+
+    sums: np.ndarray  # k x d float64
+    counts: np.ndarray  # k int64
+    inertia: float
+    far_points: np.ndarray  # up to n_far points farthest from their centroid (float32)
+    far_distances: np.ndarray
+
+
+def block_statistics(points, centroids, n_far: int = 16, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> BlockStatistics:
+    """Assign one block and sum it per cluster; the farthest points re-seed empty clusters."""
+    xp = array_module(points)
+    k = len(centroids)
+    labels, distances = assign(points, centroids, chunk_rows)
+    n_far = min(n_far, len(distances))
+    far = xp.argsort(-distances)[:n_far] if n_far else xp.zeros(0, dtype=xp.int64)
+    return BlockStatistics(
+        sums=to_host(cluster_sums(points, labels, k)),
+        counts=to_host(xp.bincount(labels, minlength=k)).astype(np.int64),
+        inertia=float(distances.astype(xp.float64).sum()),
+        far_points=to_host(points[far]).astype(np.float32),
+        far_distances=to_host(distances[far]),
+    )
+
+
+def combine_statistics(*parts: BlockStatistics) -> BlockStatistics:
+    """The sum of several blocks' statistics (keeps the globally farthest points)."""
+    far_distances = np.concatenate([p.far_distances for p in parts])
+    order = np.argsort(-far_distances, kind="stable")[: max(len(p.far_distances) for p in parts)]
+    return BlockStatistics(
+        sums=np.sum([p.sums for p in parts], axis=0),
+        counts=np.sum([p.counts for p in parts], axis=0),
+        inertia=float(sum(p.inertia for p in parts)),
+        far_points=np.concatenate([p.far_points for p in parts])[order],
+        far_distances=far_distances[order],
+    )
+
+
+def updated_centroids(stats: BlockStatistics, previous: np.ndarray) -> tuple[np.ndarray, int]:
+    """Means of the clusters; an empty cluster takes one of the farthest points (else keeps its centroid).
+
+    Returns the new centroids (float32) and the number of empty clusters that were seen.
+    """
+    counts = stats.counts
+    centroids = previous.astype(np.float32, copy=True)
+    filled = counts > 0
+    centroids[filled] = (stats.sums[filled] / counts[filled, None]).astype(np.float32)
+    empty = np.flatnonzero(~filled)
+    reseed = min(len(empty), len(stats.far_points))
+    centroids[empty[:reseed]] = stats.far_points[:reseed]
+    return centroids, len(empty)

@@ -1,0 +1,111 @@
+"""A pool's filtered image embeddings, streamed from the store shard by shard as a Dask array.
+
+In:  the store and a pool name whose embed-and-filter stage has run
+     (``pools/<pool>/filters.json`` points at the embeddings and filter manifests).
+Out: :class:`PoolEmbeddings`: per shard the embeddings file, the decisions file, its row and kept
+     counts; the ``uid`` of every kept sample in order; and :meth:`PoolEmbeddings.as_dask_array`,
+     one block per shard holding only the kept rows. Only ``.npy`` headers and the ``uid``/``keep``
+     columns are read here; the embeddings themselves are read by the Dask workers.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tasks.common.errors import InputError
+from tasks.common.store import Store
+
+
+@dataclass(frozen=True)
+class ShardInput:
+    name: str
+    embeddings: str  # store-relative .img.npy
+    decisions: str  # store-relative decisions parquet
+    rows: int
+    kept: int
+
+
+@dataclass
+class PoolEmbeddings:
+    store: Store
+    shards: list[ShardInput]
+    dim: int
+    dtype: str
+    uids: np.ndarray
+    filters_manifest_hash: str
+
+    @property
+    def rows(self) -> int:
+        return int(sum(s.kept for s in self.shards))
+
+    def as_dask_array(self):
+        import dask
+        import dask.array as da
+
+        blocks = [da.from_delayed(dask.delayed(load_kept_rows, pure=True)(self.store, s.embeddings, s.decisions),
+                                  shape=(s.kept, self.dim), dtype=self.dtype)
+                  for s in self.shards if s.kept]
+        if not blocks:
+            raise InputError("pool embeddings: the filters kept no sample; nothing to cluster")
+        return da.concatenate(blocks, axis=0)
+
+
+def relative(store: Store, uri: str) -> str:
+    base = store.uri().rstrip("/") + "/"
+    if not uri.startswith(base):
+        raise InputError(f"{uri}: not under the store {store.uri()}")
+    return uri[len(base):]
+
+
+def npy_header(store: Store, rel: str) -> tuple[tuple[int, ...], np.dtype]:
+    with store.open(rel) as handle:
+        major, _ = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(handle)
+    return shape, dtype
+
+
+def load_kept_rows(store: Store, embeddings: str, decisions: str) -> np.ndarray:
+    """The rows of one shard's embeddings that the filters kept."""
+    matrix = np.load(io.BytesIO(store.read_bytes(embeddings)), allow_pickle=False)
+    with store.open(decisions) as handle:
+        keep = pd.read_parquet(handle, columns=["keep"])["keep"].to_numpy(dtype=bool)
+    return matrix[keep]
+
+
+def pool_embeddings(store: Store, pool_name: str) -> PoolEmbeddings:
+    pointer = f"pools/{pool_name}/filters.json"
+    if not store.exists(pointer):
+        raise InputError(f"pool {pool_name!r}: {store.uri(pointer)} does not exist; run pool_refresh with an "
+                         f"embedder (or the embed_filter flow) first")
+    stages = store.read_json(pointer)
+    embedded = store.read_json(relative(store, stages["embeddings"]))
+    filtered = store.read_json(relative(store, stages["filters"]))
+    decisions = {uri.rsplit("/", 1)[-1].removesuffix(".parquet"): relative(store, uri)
+                 for uri in filtered["outputs"]["decisions"]}
+    shards, uids, dims = [], [], {}
+    for shard in embedded["outputs"]["shards"]:
+        embeddings = relative(store, shard["image_embeddings"])
+        if shard["name"] not in decisions:
+            raise InputError(f"shard {shard['name']}: no filter decisions in {stages['filters']}")
+        shape, dtype = npy_header(store, embeddings)
+        with store.open(decisions[shard["name"]]) as handle:
+            frame = pd.read_parquet(handle, columns=["uid", "keep"])
+        if len(frame) != shape[0]:
+            raise InputError(f"{store.uri(embeddings)}: {shape[0]} rows but {len(frame)} filter decisions")
+        dims.setdefault(shape[1], store.uri(embeddings))
+        kept = frame["keep"].to_numpy(dtype=bool)
+        uids.append(frame["uid"].to_numpy()[kept])
+        shards.append(ShardInput(shard["name"], embeddings, decisions[shard["name"]], int(shape[0]), int(kept.sum())))
+        dtype_name = str(dtype)
+    if len(dims) > 1:
+        raise InputError("pool embeddings: shards of different dimensions: "
+                         + ", ".join(f"{d} in {uri}" for d, uri in dims.items()))
+    if not shards:
+        raise InputError(f"pool {pool_name!r}: no embedded shard to cluster")
+    return PoolEmbeddings(store=store, shards=shards, dim=next(iter(dims)), dtype=dtype_name,
+                          uids=np.concatenate(uids), filters_manifest_hash=filtered["content_hash"])
