@@ -145,7 +145,7 @@ class KMeans:
             if len(bad_rows):
                 raise InputError(f"points: row {int(bad_rows[0])} holds NaN or infinite values "
                                  f"({len(bad_rows)} such rows)")
-            blocks = list(points.to_delayed().ravel())
+            blocks = self._block_handles(points)
         else:
             check_finite(points)
         centroids = init if init is not None else self._seed(points, rng)
@@ -176,7 +176,21 @@ class KMeans:
         seeds = kmeans_plus_plus(sample, self.n_clusters, rng)
         return np.asarray(to_host(sample[seeds]), dtype=np.float32)
 
+    def _block_handles(self, points) -> list:
+        """The persisted blocks: delayed objects, or with a client (future, worker holding it) pairs."""
+        if self.client is None:
+            return list(points.to_delayed().ravel())
+        from dask.core import flatten
+        from distributed import futures_of
+
+        by_key = {future.key: future for future in futures_of(points)}
+        futures = [by_key[key] for key in flatten(points.__dask_keys__())]
+        holders = self.client.who_has(futures)
+        return [(future, next(iter(holders.get(future.key) or []), None)) for future in futures]
+
     def _iteration_statistics(self, blocks: list, centroids: np.ndarray) -> BlockStatistics:
+        if self.client is not None:
+            return self._pinned_iteration_statistics(blocks, centroids)
         import dask
 
         shared = dask.delayed(centroids, pure=True)
@@ -185,7 +199,23 @@ class KMeans:
         while len(parts) > 1:  # a tree of reductions: no single task receives every block's sums
             parts = [dask.delayed(combine_statistics, pure=True)(*parts[i:i + self.reduce_fanin])
                      for i in range(0, len(parts), self.reduce_fanin)]
-        return self._compute(parts)[0]
+        return dask.compute(parts[0])[0]
+
+    def _pinned_iteration_statistics(self, blocks: list, centroids: np.ndarray) -> BlockStatistics:
+        """One iteration with every block's task on the worker that holds the block.
+
+        Dask's work stealing would otherwise copy blocks between workers and leave one worker
+        with more blocks than the other: data never moves, only centroids and sums do.
+        """
+        client = self.client
+        shared = client.scatter(centroids, broadcast=True, hash=False)
+        parts = [client.submit(block_statistics, block, shared, chunk_rows=self.chunk_rows, pure=False,
+                               workers=[worker] if worker else None, allow_other_workers=worker is None)
+                 for block, worker in blocks]
+        while len(parts) > 1:
+            parts = [client.submit(combine_statistics, *parts[i:i + self.reduce_fanin], pure=False)
+                     for i in range(0, len(parts), self.reduce_fanin)]
+        return parts[0].result()
 
     def _compute(self, collections: list) -> list:
         return compute_on(self.client, collections)
