@@ -16,7 +16,8 @@ from tasks.embed.spec import EmbedderSpec
 
 def _shard_key(context, parameters) -> str:
     spec = EmbedderSpec(**parameters["spec"])
-    return "embed-" + hash_json({"shard": parameters["shard"]["parquet_sha256"], "spec": spec.key,
+    return "embed-" + hash_json({"store": parameters["store"], "shard": parameters["shard"]["parquet_sha256"],
+                                 "spec": spec.key,
                                  "out": parameters["out_folder"],
                                  "code": code_version("embed", EMBED_VERSION, ("open_clip_torch", "torch"))})
 
