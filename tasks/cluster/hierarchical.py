@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tasks.cluster.kmeans import KMeans, check_finite, is_dask_array
+from tasks.cluster.kmeans import KMeans, assign_points, check_finite, compute_on, is_dask_array
 from tasks.cluster.lloyd import DEFAULT_CHUNK_ROWS, array_module, to_host
 from tasks.cluster.split import split_clusters
 from tasks.common.errors import InputError
@@ -214,7 +214,7 @@ class HierarchicalKMeans:
             if len(chosen) >= spec.k:  # fewer resampled points than clusters: keep the centroids
                 resampled = inputs[chosen]
                 if is_dask_array(resampled):
-                    resampled = self._kmeans(spec.k, 0)._compute([resampled])[0]
+                    resampled = compute_on(self.client, [resampled])[0]
                 centroids = self._kmeans(spec.k, step_seed(self.seed, number, step)).fit(resampled).cluster_centers_
             labels, distances = self._assign(inputs, centroids)
             self._record(number, step, centroids, spec.resampling_steps)
@@ -229,9 +229,7 @@ class HierarchicalKMeans:
         return level
 
     def _assign(self, inputs, centroids) -> tuple[np.ndarray, np.ndarray]:
-        model = self._kmeans(len(centroids), 0)
-        model.cluster_centers_ = np.asarray(to_host(centroids), dtype=np.float32)
-        return model.assign(inputs)
+        return assign_points(inputs, centroids, self.chunk_rows, self.client)
 
     def _record(self, number: int, step: int, centroids, steps: int) -> None:
         if self.checkpoints:

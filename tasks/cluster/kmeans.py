@@ -114,15 +114,7 @@ class KMeans:
 
     def assign(self, points) -> tuple[np.ndarray, np.ndarray]:
         """Nearest fitted centroid and squared distance of every point (numpy arrays)."""
-        centroids = self.cluster_centers_
-        if is_dask_array(points):
-            import dask
-
-            parts = [dask.delayed(_assign_on_host)(block, centroids, self.chunk_rows)
-                     for block in points.rechunk({1: -1}).to_delayed().ravel()]
-            results = self._compute(parts)
-            return (np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results]))
-        return _assign_on_host(points, centroids, self.chunk_rows)
+        return assign_points(points, self.cluster_centers_, self.chunk_rows, self.client)
 
     # ----- Lloyd on numpy, cupy or Dask arrays --------------------------------
     def _check_shape(self, points) -> tuple[int, int]:
@@ -228,6 +220,19 @@ def compute_on(client, collections: list) -> list:
     if client is not None:
         return client.gather(client.compute(collections))
     return list(dask.compute(*collections))
+
+
+def assign_points(points, centroids, chunk_rows: int = DEFAULT_CHUNK_ROWS, client=None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid and squared distance of every point of a numpy, cupy or Dask array."""
+    centroids = np.asarray(to_host(centroids), dtype=np.float32)
+    if is_dask_array(points):
+        import dask
+
+        parts = [dask.delayed(_assign_on_host)(block, centroids, chunk_rows)
+                 for block in points.rechunk({1: -1}).to_delayed().ravel()]
+        results = compute_on(client, parts)
+        return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+    return _assign_on_host(points, centroids, chunk_rows)
 
 
 def _assign_on_host(points, centroids, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
