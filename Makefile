@@ -39,8 +39,14 @@ deploy: install
 worker: install
 	$(VENV)/bin/prefect worker start --pool curation-process
 
+# Each prints one JSON line last; embed.py and train.py use the demo's store (run `make demo` first).
 benchmarks: install
 	$(PY) benchmarks/download.py
+	$(PY) benchmarks/train.py --manifest .demo/store/pools/demo/manifest.json
+	$(PY) benchmarks/train_resume.py
+	$(PY) benchmarks/embed.py
+	$(PY) benchmarks/kmeans.py
+	$(PY) benchmarks/kmeans_2d.py
 
 clean:
 	rm -rf .demo .pytest_cache
