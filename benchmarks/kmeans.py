@@ -97,12 +97,14 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
+        import psutil
+
         while not self._stop.is_set():
             total = 0
             for proc in [self.process] + self.process.children(recursive=True):
                 try:
                     total += proc.memory_info().rss
-                except Exception:  # noqa: BLE001 - a child that just exited
+                except psutil.Error:  # a child that just exited
                     pass
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)

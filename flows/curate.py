@@ -15,7 +15,6 @@ import json
 
 from prefect import flow, task
 
-from tasks.cluster.pool_input import relative
 from tasks.cluster.run import ClusterConfig
 from tasks.cluster.task import cluster_pool_task, cluster_report_task
 from tasks.common.errors import InputError
@@ -30,7 +29,7 @@ def read_filters_manifest(store: str, pool_name: str, storage_options: dict | No
     if not the_store.exists(pointer):
         raise InputError(f"pool {pool_name!r}: {the_store.uri(pointer)} does not exist; run pool_refresh with an "
                          f"embedder first")
-    return the_store.read_json(relative(the_store, the_store.read_json(pointer)["filters"]))["content_hash"]
+    return the_store.read_json(the_store.relative(the_store.read_json(pointer)["filters"]))["content_hash"]
 
 
 @flow(name="curate", log_prints=True)

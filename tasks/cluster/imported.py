@@ -10,7 +10,6 @@ Out: the same layout the embed-and-filter stage writes: ``embeddings/<pool>/impo
 
 from __future__ import annotations
 
-import io
 from typing import Iterable
 
 import numpy as np
@@ -36,9 +35,7 @@ def import_embeddings(store: Store, pool_name: str, shards: Iterable[tuple]) -> 
         if dim is not None and matrix.shape[1] != dim:
             raise InputError(f"imported shard {number}: dimension {matrix.shape[1]}, earlier shards {dim}")
         dim = matrix.shape[1]
-        buffer = io.BytesIO()
-        np.save(buffer, matrix, allow_pickle=False)
-        store.write_bytes(f"{embeddings_folder}/{name}.img.npy", buffer.getvalue())
+        store.write_npy(f"{embeddings_folder}/{name}.img.npy", matrix)
         store.write_bytes(f"{embeddings_folder}/{name}.parquet", pd.DataFrame({"uid": uids}).to_parquet(index=False))
         store.write_bytes(f"{filters_folder}/decisions/{name}.parquet",
                           pd.DataFrame({"uid": uids, "keep": keep}).to_parquet(index=False))

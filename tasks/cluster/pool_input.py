@@ -10,7 +10,6 @@ Out: :class:`PoolEmbeddings`: per shard the embeddings file, the decisions file,
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,13 +53,6 @@ class PoolEmbeddings:
         return da.concatenate(blocks, axis=0)
 
 
-def relative(store: Store, uri: str) -> str:
-    base = store.uri().rstrip("/") + "/"
-    if not uri.startswith(base):
-        raise InputError(f"{uri}: not under the store {store.uri()}")
-    return uri[len(base):]
-
-
 def npy_header(store: Store, rel: str) -> tuple[tuple[int, ...], np.dtype]:
     with store.open(rel) as handle:
         major, _ = np.lib.format.read_magic(handle)
@@ -71,7 +63,7 @@ def npy_header(store: Store, rel: str) -> tuple[tuple[int, ...], np.dtype]:
 
 def load_kept_rows(store: Store, embeddings: str, decisions: str) -> np.ndarray:
     """The rows of one shard's embeddings that the filters kept."""
-    matrix = np.load(io.BytesIO(store.read_bytes(embeddings)), allow_pickle=False)
+    matrix = store.read_npy(embeddings)
     with store.open(decisions) as handle:
         keep = pd.read_parquet(handle, columns=["keep"])["keep"].to_numpy(dtype=bool)
     return matrix[keep]
@@ -83,13 +75,13 @@ def pool_embeddings(store: Store, pool_name: str) -> PoolEmbeddings:
         raise InputError(f"pool {pool_name!r}: {store.uri(pointer)} does not exist; run pool_refresh with an "
                          f"embedder (or the embed_filter flow) first")
     stages = store.read_json(pointer)
-    embedded = store.read_json(relative(store, stages["embeddings"]))
-    filtered = store.read_json(relative(store, stages["filters"]))
-    decisions = {uri.rsplit("/", 1)[-1].removesuffix(".parquet"): relative(store, uri)
+    embedded = store.read_json(store.relative(stages["embeddings"]))
+    filtered = store.read_json(store.relative(stages["filters"]))
+    decisions = {uri.rsplit("/", 1)[-1].removesuffix(".parquet"): store.relative(uri)
                  for uri in filtered["outputs"]["decisions"]}
     shards, uids, dims = [], [], {}
     for shard in embedded["outputs"]["shards"]:
-        embeddings = relative(store, shard["image_embeddings"])
+        embeddings = store.relative(shard["image_embeddings"])
         if shard["name"] not in decisions:
             raise InputError(f"shard {shard['name']}: no filter decisions in {stages['filters']}")
         shape, dtype = npy_header(store, embeddings)

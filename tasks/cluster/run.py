@@ -10,7 +10,6 @@ Out: the tree folder ``clusters/<pool>/<key>/`` (see :mod:`tasks.cluster.tree`) 
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -22,6 +21,7 @@ from tasks.cluster.pool_input import pool_embeddings
 from tasks.cluster.tree import StoreCheckpoints, samples_per_cluster, size_summary
 from tasks.common.errors import InputError
 from tasks.common.hashing import hash_json
+from tasks.common.plots import png_bytes, subplots
 from tasks.common.store import Store
 
 CLUSTER_VERSION = 1  # bump when a change alters the tree a config produces
@@ -89,12 +89,7 @@ def cluster_pool(store: Store, pool_name: str, config: ClusterConfig, client=Non
 
 def cluster_size_plot(per_cluster: list[np.ndarray]) -> bytes:
     """Samples per cluster at every level, clusters sorted from largest to smallest (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axis = plt.subplots(figsize=(7, 4.5))
+    fig, axis = subplots(figsize=(7, 4.5))
     for number, counts in enumerate(per_cluster, 1):
         ranked = np.sort(counts)[::-1]
         axis.plot(np.arange(1, len(ranked) + 1) / len(ranked), np.maximum(ranked, 0.8),
@@ -104,8 +99,4 @@ def cluster_size_plot(per_cluster: list[np.ndarray]) -> bytes:
     axis.set_ylabel("samples in the cluster")
     axis.set_title("cluster-size distribution per level")
     axis.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)

@@ -14,23 +14,11 @@ In:  a :class:`~tasks.common.store.Store` and the folder. Out: :class:`StoreChec
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from tasks.cluster.hierarchical import ClusterLevel
 from tasks.common.errors import InputError
 from tasks.common.store import Store
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _load_npy(store: Store, rel: str) -> np.ndarray:
-    return np.load(io.BytesIO(store.read_bytes(rel)), allow_pickle=False)
 
 
 class StoreCheckpoints:
@@ -44,7 +32,7 @@ class StoreCheckpoints:
         return f"{self.folder}/level-{level}"
 
     def save_step(self, level: int, step: int, centroids: np.ndarray) -> None:
-        self.store.write_bytes(f"{self._level(level)}/steps/{step:04d}.npy", _npy_bytes(centroids))
+        self.store.write_npy(f"{self._level(level)}/steps/{step:04d}.npy", centroids)
 
     def latest_step(self, level: int) -> tuple[int, np.ndarray] | None:
         steps = sorted(p for p in self.store.list(f"{self._level(level)}/steps", "*.npy"))
@@ -52,13 +40,13 @@ class StoreCheckpoints:
             return None
         latest = steps[-1]
         number = int(latest.rsplit("/", 1)[-1].removesuffix(".npy"))
-        return number, _load_npy(self.store, f"{self._level(level)}/steps/{number:04d}.npy")
+        return number, self.store.read_npy(f"{self._level(level)}/steps/{number:04d}.npy")
 
     def save_level(self, level: int, result: ClusterLevel) -> None:
         folder = self._level(level)
-        self.store.write_bytes(f"{folder}/centroids.npy", _npy_bytes(result.centroids.astype(np.float32)))
-        self.store.write_bytes(f"{folder}/labels.npy", _npy_bytes(result.labels.astype(np.int32)))
-        self.store.write_bytes(f"{folder}/distances.npy", _npy_bytes(result.distances.astype(np.float32)))
+        self.store.write_npy(f"{folder}/centroids.npy", result.centroids.astype(np.float32))
+        self.store.write_npy(f"{folder}/labels.npy", result.labels.astype(np.int32))
+        self.store.write_npy(f"{folder}/distances.npy", result.distances.astype(np.float32))
         self.store.write_json(f"{folder}/level.json", {"level": level, "k": result.k, "inputs": len(result.labels),
                                                        "sizes": size_summary(result.sizes)})
 
@@ -66,9 +54,9 @@ class StoreCheckpoints:
         folder = self._level(level)
         if not self.store.exists(f"{folder}/level.json"):
             return None
-        return ClusterLevel(centroids=_load_npy(self.store, f"{folder}/centroids.npy"),
-                            labels=_load_npy(self.store, f"{folder}/labels.npy").astype(np.int64),
-                            distances=_load_npy(self.store, f"{folder}/distances.npy"))
+        return ClusterLevel(centroids=self.store.read_npy(f"{folder}/centroids.npy"),
+                            labels=self.store.read_npy(f"{folder}/labels.npy").astype(np.int64),
+                            distances=self.store.read_npy(f"{folder}/distances.npy"))
 
 
 def size_summary(sizes: np.ndarray) -> dict:

@@ -13,6 +13,7 @@ Paths given to the methods are relative to the root and use ``/``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -58,6 +59,13 @@ class Store:
             return self.path(rel)
         return f"{_protocols(self.fs)[0]}://{self.path(rel)}"
 
+    def relative(self, uri: str) -> str:
+        """``uri`` as a path relative to the root (the inverse of :meth:`uri`)."""
+        base = self.uri().rstrip("/") + "/"
+        if not uri.startswith(base):
+            raise StoreError(f"{uri}: not under the store {self.uri()}")
+        return uri[len(base):]
+
     def local_path(self, rel: str = "") -> Path | None:
         """The local path of ``rel`` when the store is local, else ``None``."""
         return Path(self.path(rel)) if self.is_local else None
@@ -94,6 +102,12 @@ class Store:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
+    def read_npy(self, rel: str):
+        """A ``.npy`` array (no pickled objects)."""
+        import numpy as np
+
+        return np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False)
+
     def open(self, rel: str, mode: str = "rb"):
         """Open for reading. Use the atomic ``write_*``/``put_file`` methods to write."""
         if "r" not in mode:
@@ -126,6 +140,14 @@ class Store:
         else:
             self.fs.pipe_file(target, data)
         return self.uri(rel)
+
+    def write_npy(self, rel: str, array) -> str:
+        """Write a numpy array as ``.npy`` atomically; return the URI."""
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return self.write_bytes(rel, buffer.getvalue())
 
     def write_json(self, rel: str, obj: Any) -> str:
         return self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())

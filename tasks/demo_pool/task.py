@@ -149,7 +149,6 @@ def demo_trees(kept: int) -> dict[str, dict]:
 @task(name="check_clusters_against_truth")
 def check_clusters_against_truth(trees: dict[str, dict], truth_path: str, store: str) -> list[dict]:
     """How evenly each tree's top clusters spread over the true concepts (the paper's Fig. 4; an artifact)."""
-    from tasks.cluster.pool_input import relative
     from tasks.common.store import Store
     from tasks.evaluate.cluster_truth import clusters_per_concept, spread_summary
 
@@ -157,7 +156,7 @@ def check_clusters_against_truth(trees: dict[str, dict], truth_path: str, store:
     truth = pd.read_parquet(truth_path, columns=["uid", "concept"])
     rows = []
     for name, tree in trees.items():
-        per_concept = clusters_per_concept(the_store, relative(the_store, tree["folder"]), truth)
+        per_concept = clusters_per_concept(the_store, the_store.relative(tree["folder"]), truth)
         rows.append({"tree": name, "levels": " / ".join(str(level["k"]) for level in tree["levels"]),
                      **spread_summary(per_concept)})
     create_table_artifact(key="demo-clusters-vs-truth", table=rows,

@@ -94,12 +94,6 @@ def _thumbnail(image: Image.Image) -> bytes:
     return np.asarray(image.resize((8, 8), Image.BILINEAR), dtype=np.uint8).tobytes()
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
 def embed_shard(store: Store, tar_uri: str, parquet_uri: str, spec: EmbedderSpec, out_folder: str) -> dict:
     """Embed the shard unless its outputs exist; return a summary (rows, embedded, reasons)."""
     name = shard_output_name(tar_uri)
@@ -127,12 +121,12 @@ def embed_shard(store: Store, tar_uri: str, parquet_uri: str, spec: EmbedderSpec
     text_emb[~np.isfinite(text_emb).all(axis=1)] = 0
     clip_score = np.where(ok, (image_emb * text_emb).sum(axis=1), np.nan)
 
-    store.write_bytes(f"{out_folder}/{name}.img.npy", _npy(image_emb.astype(np.float16)))
-    store.write_bytes(f"{out_folder}/{name}.txt.npy", _npy(text_emb.astype(np.float16)))
+    store.write_npy(f"{out_folder}/{name}.img.npy", image_emb.astype(np.float16))
+    store.write_npy(f"{out_folder}/{name}.txt.npy", text_emb.astype(np.float16))
     if captions is not None:
         caption_emb = captions.encode(texts, batch_size=spec.batch_size, normalize_embeddings=True,
                                       convert_to_numpy=True) if texts else np.zeros((0, 0))
-        store.write_bytes(f"{out_folder}/{name}.cap.npy", _npy(caption_emb.astype(np.float16)))
+        store.write_npy(f"{out_folder}/{name}.cap.npy", caption_emb.astype(np.float16))
     table = pd.DataFrame({
         "uid": samples["uid"], "key": samples["key"], "text": samples["text"],
         "clip_score": clip_score.astype(np.float32), "embed_ok": ok, "embed_reason": reason.astype(str),
@@ -163,5 +157,5 @@ def embed_eval_sets(store: Store, spec: EmbedderSpec, tasklist: str, target: str
     images = [image for task in read_tasklist(tasklist) if task.type != "unsupported"
               for image, _ in iter_samples(open_eval_set(task))]
     embeddings = clip.embed_images(images) if images else np.zeros((0, 0), np.float32)
-    store.write_bytes(target, _npy(embeddings.astype(np.float16)))
+    store.write_npy(target, embeddings.astype(np.float16))
     return target

@@ -14,12 +14,12 @@ Out, under the run folder ``filters/<pool>/<key>/``:
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pandas as pd
 
 from tasks.common.errors import InputError
+from tasks.common.plots import png_bytes, subplots
 from tasks.common.store import Store
 from tasks.filters.basic import basic_decisions
 from tasks.filters.clip_score import clip_score_cutoff, clip_score_decisions
@@ -34,10 +34,6 @@ CARRIED = ["uid", "key", "text", "clip_score", "embed_ok", "embed_reason", "phas
            "height", "original_width", "original_height"]
 
 
-def load_npy(store: Store, rel: str) -> np.ndarray:
-    return np.load(io.BytesIO(store.read_bytes(rel)))
-
-
 def rowwise_filters(store: Store, embed_parquet: str, config: FilterConfig, out_folder: str,
                     eval_embeddings: str | None = None) -> str:
     """Row-wise decisions of one embedded shard; returns the rows file (skips work already done)."""
@@ -47,14 +43,14 @@ def rowwise_filters(store: Store, embed_parquet: str, config: FilterConfig, out_
         return target
     with store.open(embed_parquet) as handle:
         table = pd.read_parquet(handle)
-    images = load_npy(store, embed_parquet.removesuffix(".parquet") + ".img.npy").astype(np.float32)
+    images = store.read_npy(embed_parquet.removesuffix(".parquet") + ".img.npy").astype(np.float32)
     parts = [table[CARRIED], basic_decisions(table, config), nsfw_text_decisions(table["text"], config)]
     head = load_image_head(config.nsfw_image_head) if config.nsfw_image_head else None
     image_nsfw = nsfw_image_decisions(images, table.index, config, head, table["embed_ok"].to_numpy())
     if image_nsfw is not None:
         parts.append(image_nsfw)
     if eval_embeddings:
-        parts.append(eval_dedup_decisions(images, load_npy(store, eval_embeddings).astype(np.float32), table.index,
+        parts.append(eval_dedup_decisions(images, store.read_npy(eval_embeddings).astype(np.float32), table.index,
                                           config.eval_dedup_threshold, table["embed_ok"].to_numpy()))
     store.write_bytes(target, pd.concat(parts, axis=1).to_parquet(index=False))
     return target
@@ -91,7 +87,7 @@ def poolwide_filters(store: Store, rows_files: list[str], config: FilterConfig, 
     if config.semdedup_threshold is not None:
         if not embeddings_folder:
             raise InputError("filters semdedup_threshold: set, but no embeddings folder was given")
-        embeddings = np.concatenate([load_npy(store, f"{embeddings_folder}/{shard}.img.npy")
+        embeddings = np.concatenate([store.read_npy(f"{embeddings_folder}/{shard}.img.npy")
                                      for shard in pool["_shard"].unique()]).astype(np.float32)
         clusters = config.semdedup_clusters or max(1, len(pool) // 1000)
         pool = pool.join(semantic_duplicates(embeddings, pool["embed_ok"].to_numpy(dtype=bool), pool.index, clusters,
@@ -141,13 +137,8 @@ def filter_report(pool: pd.DataFrame, names: list[str], skipped: dict, clip_cuto
 
 
 def report_plot(report: dict) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(report["removed_by"])
-    fig, (bars, heat) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (bars, heat) = subplots(1, 2, figsize=(12, 4.5))
     bars.barh(names, [report["removed_by"][n] for n in names], color="#888", label="removed")
     bars.barh(names, [report["removed_only_by"][n] for n in names], color="#c33", label="removed by this filter only")
     bars.set_xlabel("samples")
@@ -161,8 +152,4 @@ def report_plot(report: dict) -> bytes:
         for j in range(len(names)):
             heat.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7)
     heat.set_title("samples removed by both filters")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)

@@ -1,6 +1,5 @@
 """Each filter on small exact cases."""
 
-import io
 
 import numpy as np
 import pandas as pd
