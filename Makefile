@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# MetaCLIP's WordNet: Debian's, or the copy the install unpacks into .venv when not root.
+export WORDNET_DIR ?= $(if $(wildcard /usr/share/wordnet/data.noun),/usr/share/wordnet,$(abspath $(VENV))/wordnet/usr/share/wordnet)
 
 .PHONY: install demo test ui deploy worker benchmarks clean
 
@@ -17,6 +19,10 @@ $(STAMP): pyproject.toml
 	@# img2dataset depends on the PyPI backport 'dataclasses', which shadows the standard
 	@# library and kills Prefect's API server process: remove it.
 	$(PY) -m pip uninstall -y dataclasses
+	@# WordNet 3.0 (Debian wordnet-base) for MetaCLIP's metadata: from apt as root, else unpacked into .venv.
+	test -f /usr/share/wordnet/data.noun || test -f $(VENV)/wordnet/usr/share/wordnet/data.noun || \
+		( [ "$$(id -u)" = 0 ] && apt-get install -y -q wordnet-base ) || \
+		( cd $(VENV) && apt-get download wordnet-base && dpkg-deb -x wordnet-base_*.deb wordnet )
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -7,8 +7,11 @@ Generates the demo web pool (deterministic, long-tailed, with planted defects), 
 planted failures, trains a ``tiny`` CLIP on the raw downloaded pool (the "no filtering"
 baseline, and the embedder later stages start from), evaluates it on held-out, balanced
 evaluation sets, embeds and filters the pool with that model, clusters what the filters kept with
-one level of k-means and with hierarchical k-means, checks filters and clusters against the
-truth, and prints the tables and where everything is.
+one level of k-means and with four levels of hierarchical k-means, checks filters and clusters
+against the truth, then runs the curation A/B: subsets of equal size from random sampling, the
+filters, balanced sampling from the tree, MetaCLIP balancing and a composition, each trained
+with the ``tiny`` scale at equal samples seen and evaluated; their balance over the true concepts
+and the accuracies go into one table, and it prints the tables and where everything is.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ from prefect import flow
 from flows.curate import curate
 from flows.pool_refresh import pool_refresh
 from flows.train_eval import train_eval
+from tasks.demo_pool.curation_ab import TRAINED_ARMS, demo_subsets
 from tasks.demo_pool.task import (DEMO_FILTERS, check_clusters_against_truth, check_download_against_truth,
-                                  check_filters_against_truth, demo_config, demo_trees, generate_demo_eval_sets_task,
-                                  generate_demo_pool_task, long_tail_report, start_demo_server,
-                                  write_demo_pool_index)
+                                  check_filters_against_truth, check_subsets_against_truth, curation_ab_report,
+                                  demo_config, demo_trees, generate_demo_eval_sets_task, generate_demo_pool_task,
+                                  long_tail_report, start_demo_server, write_demo_pool_index)
+
+# The A/B arms' training: the tiny scale at equal samples seen, shorter than the baseline's so
+# that five arms fit in the demo's time (batches of 128: more steps for the same samples).
+AB_TRAINING = {"samples_seen": 10_240, "batch_size": 128}
 
 
 @flow(name="demo", log_prints=True)
@@ -64,10 +72,20 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
     finally:
         server.stop()
     filter_check = check_filters_against_truth(curated["filters"], truth)
-    trees = {name: curate(store=store, pool_name="demo", clustering={**clustering, "seed": seed},
-                          dask_address=dask_address)["tree"]
-             for name, clustering in demo_trees(curated["filters"]["rows"]["kept"]).items()}
+    kept = curated["filters"]["rows"]["kept"]
+    recipes = demo_subsets(kept)
+    trees, subsets = {}, {}
+    for name, clustering in demo_trees(kept).items():
+        out = curate(store=store, pool_name="demo", clustering={**clustering, "seed": seed}, subsets=recipes[name],
+                     dask_address=dask_address)
+        trees[name] = out["tree"]
+        subsets.update(out["subsets"])
     cluster_check = check_clusters_against_truth(trees, truth, store)
+    balance = check_subsets_against_truth(subsets, truth, store, "demo")
+    arms = {name: train_eval(store=store, data=subsets[name]["outputs"]["manifest"], tasklist=tasklist, scale="tiny",
+                             overrides={**AB_TRAINING, **(train_overrides or {})}, run_name=f"ab-{name}")
+            for name in TRAINED_ARMS}
+    ab = curation_ab_report(arms, balance, truth, store, "demo")
     outputs = {
         "pool_index": download["pool_index"],
         "manifest": f"{manifest['store']}/pools/demo/manifest.json",
@@ -83,6 +101,9 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
         "filters vs planted defects": filter_check,
         "cluster trees": {name: tree["folder"] for name, tree in trees.items()},
         "clusters vs true concepts": cluster_check,
+        "subsets": {name: subset["outputs"]["parquet"] for name, subset in subsets.items()},
+        "subsets vs true concepts": balance,
+        "curation A/B": ab,
     }
     print("demo finished:\n" + json.dumps(outputs, indent=2))
     print("See the runs, task states and artifacts in the Prefect UI: `make ui`, then http://127.0.0.1:4200")

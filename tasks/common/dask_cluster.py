@@ -54,6 +54,18 @@ def dask_client(address: str | None = None, n_workers: int | None = None, gpu: b
         yield client
 
 
+@contextmanager
+def shared_dask_address(address: str | None = None) -> Iterator[str]:
+    """The scheduler address that several tasks of one flow share: ``address`` (or Dask's
+    setting) as it is, else a local cluster (as :func:`dask_client` makes) started once for them all."""
+    address = scheduler_address(address)
+    if address:
+        yield address
+        return
+    with dask_client() as client:
+        yield client.scheduler.address
+
+
 def dask_task_runner(address: str | None = None, n_workers: int | None = None, gpu: bool | None = None):
     """A Prefect ``DaskTaskRunner`` on the same cluster :func:`dask_client` would use.
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,11 @@ from tasks.common.store import Store
 
 RESULTS_FOLDER = "_prefect/results"
 RETRY_DELAYS = [5, 20, 60]  # seconds: backoff for storage, network and worker failures
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) from free-form names."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
 
 def store_from(store: str | Store, storage_options: dict[str, Any] | None = None) -> Store:

@@ -136,13 +136,14 @@ def check_filters_against_truth(filters_manifest: dict, truth_path: str) -> list
 def demo_trees(kept: int) -> dict[str, dict]:
     """The demo's two trees over the ``kept`` filtered samples, with the same number of top clusters.
 
-    One level of k-means against three levels with resampling (the paper's recipe scaled down:
-    800 / 300 / 100 clusters for the default pool's ~15,000 kept samples, as many top clusters
-    as concepts; smaller pools get proportionally fewer).
+    One level of k-means against four levels with resampling (the paper's recipe scaled down:
+    1000 / 400 / 200 / 100 clusters for the default pool's ~11,000 kept samples, as many top
+    clusters as concepts; smaller pools get proportionally fewer).
     """
     top = min(100, max(2, kept // 20))
     return {"1 level": {"levels": [top]},
-            "3 levels, resampling": {"levels": [min(8 * top, kept), {"k": 3 * top, "resampling_steps": 10},
+            "4 levels, resampling": {"levels": [min(10 * top, kept), {"k": 4 * top, "resampling_steps": 10},
+                                                {"k": 2 * top, "resampling_steps": 10},
                                                 {"k": top, "resampling_steps": 10}]}}
 
 
@@ -168,3 +169,62 @@ def check_clusters_against_truth(trees: dict[str, dict], truth_path: str, store:
 def demo_config(n_samples: int, seed: int) -> dict:
     """The default demo pool at another size: small pools keep every concept with fewer samples each."""
     return asdict(DemoPoolConfig(n_samples=n_samples, seed=seed, min_per_concept=min(12, max(1, n_samples // 400))))
+
+
+def _subset_uids(manifest: dict) -> np.ndarray:
+    import fsspec
+
+    with fsspec.open(manifest["outputs"]["parquet"], "rb") as handle:
+        return pd.read_parquet(handle, columns=["uid"])["uid"].to_numpy()
+
+
+def _pool_uids(store: str, pool_name: str) -> tuple[np.ndarray, np.ndarray]:
+    from tasks.common.store import Store
+    from tasks.sample.pool_samples import pool_samples
+
+    samples = pool_samples(Store(store), pool_name)
+    return samples.uids, samples.uids[samples.frame["kept"].to_numpy(dtype=bool)]
+
+
+@task(name="check_subsets_against_truth")
+def check_subsets_against_truth(subsets: dict[str, dict], truth_path: str, store: str, pool_name: str) -> list[dict]:
+    """Indicators over the true concepts for the pool, the filtered pool and every subset (artifact and plot)."""
+    from tasks.common.store import Store
+    from tasks.demo_pool.curation_ab import concept_balance
+
+    pool_uids, kept_uids = _pool_uids(store, pool_name)
+    truth = pd.read_parquet(truth_path, columns=["uid", "concept_id"])
+    rows, plot = concept_balance({name: _subset_uids(m) for name, m in subsets.items()}, truth, pool_uids, kept_uids)
+    Store(store).write_bytes(f"reports/{pool_name}/subset_concepts.png", plot)
+    create_table_artifact(key="demo-subsets-vs-concepts", table=rows,
+                          description="Indicators over the true concepts: higher normalised entropy, lower "
+                                      "ls5 and lower long-tail shares mean a flatter, more balanced subset.")
+    return rows
+
+
+@task(name="curation_ab_report")
+def curation_ab_report(results: dict[str, dict], balance: list[dict], truth_path: str, store: str,
+                       pool_name: str) -> dict:
+    """The A/B table: each trained arm's accuracies and indicators, and which arm won (artifact and JSON)."""
+    import fsspec
+
+    from tasks.common.store import Store
+    from tasks.demo_pool.curation_ab import ab_rows
+
+    evaluations = {}
+    for name, result in results.items():
+        with fsspec.open(f"{result['results']}/results.jsonl", "r") as handle:
+            lines = [json.loads(line) for line in handle if line.strip()]
+        evaluations[name] = {"summary": result["eval"],
+                             "concepts": next(line for line in reversed(lines) if line["key"] == "demo/concepts")}
+    pool_uids, _ = _pool_uids(store, pool_name)
+    truth = pd.read_parquet(truth_path, columns=["uid", "concept_id"])
+    counts = np.bincount(truth.loc[truth["uid"].isin(pool_uids), "concept_id"],
+                         minlength=int(truth["concept_id"].max()) + 1)
+    rows, winner = ab_rows(evaluations, balance, counts)
+    report = {"arms": rows, "winner_by_acc1": winner}
+    Store(store).write_json(f"reports/{pool_name}/curation_ab.json", report)
+    create_table_artifact(key="demo-curation-ab", table=rows,
+                          description=f"Equal-size subsets, tiny CLIP at equal samples seen. Best acc@1: {winner}.")
+    get_run_logger().info("curation A/B: best zero-shot accuracy with %s", winner)
+    return report

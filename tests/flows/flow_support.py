@@ -46,3 +46,14 @@ def task_run_states(flow_run_id) -> dict[str, list[str]]:
     for run in task_runs(flow_run_id):
         states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
     return states
+
+
+def latest_task_states(name: str, count: int) -> list[str]:
+    """State names of the ``count`` latest task runs named ``name`` (in any flow or subflow), newest first."""
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)),
+                                     sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=count)
+    return [run.state.name for run in runs]

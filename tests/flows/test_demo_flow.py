@@ -2,18 +2,12 @@
 
 import json
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
-from prefect.client.schemas.sorting import TaskRunSort
-
+from flow_support import latest_task_states
 from flows.demo import demo
 
 
 def _latest_download_states(count):
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="download_slice")),
-                                     sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=count)
-    return [run.state.name for run in runs]
+    return latest_task_states("download_slice", count)
 
 
 QUICK = {"samples_seen": 512, "batch_size": 64, "checkpoint_steps": 4, "warmup": 1}
@@ -33,10 +27,17 @@ def test_demo_runs_end_to_end_and_reruns_from_cache(prefect_harness, tmp_path):
     assert [g["group"] for g in groups] == ["head (top 10%)", "torso", "tail (bottom 50%)"]
     assert sum(g["classes"] for g in groups) == 100
     clusters = {row["tree"]: row for row in outputs["clusters vs true concepts"]}
-    assert set(clusters) == {"1 level", "3 levels, resampling"}
-    assert clusters["1 level"]["clusters"] == clusters["3 levels, resampling"]["clusters"]
+    assert set(clusters) == {"1 level", "4 levels, resampling"}
+    assert clusters["1 level"]["clusters"] == clusters["4 levels, resampling"]["clusters"]
+    arms = {row["arm"]: row for row in outputs["curation A/B"]["arms"]}
+    assert set(arms) == {"random", "filters", "hkmeans", "metaclip", "composition"}
+    assert len({row["samples"] for row in arms.values()}) == 1  # equal sizes
+    assert outputs["curation A/B"]["winner_by_acc1"] in arms
+    balance = {row["samples of"] for row in outputs["subsets vs true concepts"]}
+    assert balance >= set(arms) | {"pool (downloaded)", "hkmeans 1 level", "hkmeans flat"}
 
     again = demo(workdir=str(tmp_path / "demo"), n_samples=400, seed=3, timeout=5, train_overrides=QUICK)
     assert again["samples"] == outputs["samples"]
     assert _latest_download_states(2) == ["Cached", "Cached"]
     assert again["evaluation"] == outputs["evaluation"]
+    assert again["curation A/B"] == outputs["curation A/B"]
