@@ -53,6 +53,8 @@ benchmarks: install
 	$(PY) benchmarks/embed.py
 	$(PY) benchmarks/kmeans.py
 	$(PY) benchmarks/kmeans_2d.py
+	$(PY) benchmarks/sampling.py
+	$(PY) benchmarks/matching.py --repeats 5
 
 clean:
 	rm -rf .demo .pytest_cache

@@ -132,8 +132,12 @@ def dask_seconds(matcher: EntryMatcher, captions: list[str], workers: int, batch
         part_futures = client.scatter(parts)
         wait(part_futures)
 
+        holders = client.who_has(part_futures)
+
         def run() -> Matches:
-            futures = [client.submit(_match_batch, matcher_future, part, pure=False) for part in part_futures]
+            # each batch runs where it was scattered: work stealing would copy batches between workers
+            futures = [client.submit(_match_batch, matcher_future, part, pure=False, workers=list(holders[part.key]),
+                                     allow_other_workers=False) for part in part_futures]
             return Matches.concatenate(client.gather(futures))
 
         run()  # warm-up: every worker unpickles the matcher (rebuilding its automaton) once

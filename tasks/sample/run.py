@@ -124,6 +124,11 @@ class RecipeContext:
             self.trees[name] = TreeView(self.store, self.tree_folders[name], self.samples)
         return self.trees[name]
 
+    @property
+    def matched(self) -> bool:
+        """Whether the MetaCLIP matches were loaded (a step or the report needed them)."""
+        return self._matches is not None
+
     def matches(self):
         if self._matches is None:
             self.metadata = pool_metadata(self.store, self.samples, self.config.metadata, self.config.ngrams)
@@ -286,7 +291,7 @@ def indicator_report(context: RecipeContext, masks: list[np.ndarray]) -> dict:
         for tree_name, tree in context.trees.items():
             for level in range(1, len(tree.levels) + 1):
                 entry[f"{tree_name} level {level}"] = indicators(tree.counts(mask, level), **options)
-        if context._matches is not None:
+        if context.matched:
             entry["metadata entries"] = indicators(_entry_counts_of(context, mask), **options)
         stages.append(entry)
     return {"stages": stages, "final": stages[-1]}
@@ -305,7 +310,7 @@ def write_plots(store: Store, folder: str, context: RecipeContext, masks: list[n
                                                                                    ("subset", masks[-1]))}
         outputs["cluster_sizes_plot"] = store.write_bytes(f"{folder}/cluster_sizes.png", class_sizes_plot(
             named, "samples per top-level cluster"))
-    if context._matches is not None:
+    if context.matched:
         named = {"pool": _entry_counts_of(context, masks[0]), "subset": _entry_counts_of(context, masks[-1])}
         outputs["entry_counts_plot"] = store.write_bytes(f"{folder}/entry_counts.png", cumulative_counts_plot(
             named, "cumulative share of entry matches"))

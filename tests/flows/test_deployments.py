@@ -25,7 +25,8 @@ def test_deploy_and_run_through_a_process_worker(prefect_harness, tmp_path):
     _prefect("--no-prompt", "deploy", "--all")
     with get_client(sync_client=True) as client:
         deployments = {d.name: d for d in client.read_deployments()}
-    assert {"pool-refresh", "embed-filter", "curate", "train-eval", "demo"} <= set(deployments)
+    assert {"pool-refresh", "embed-filter", "curate", "train-eval", "pipeline", "demo"} <= set(deployments)
+    assert deployments["curate"].parameters["subsets"]["balanced"][1] == {"step": "hkmeans", "target": 10000000}
     assert deployments["curate"].parameters["clustering"]["levels"][1] == {"k": 10000, "resampling_steps": 10}
     assert set(deployments["train-eval"].parameters) == {"store", "data", "tasklist", "scale"}
     refresh = deployments["pool-refresh"]
