@@ -34,7 +34,8 @@ def pipeline(pool_index: str, store: str, tasklist: str, embedder: dict, subsets
         store: store root (local folder or s3://bucket/prefix).
         tasklist: evaluation task list (DataComp tasklist.yml format).
         embedder: {"model": open_clip architecture, "checkpoint": pretrained tag or file}.
-        subsets: name -> recipe (see the curate flow); each subset is trained and evaluated.
+        subsets: name -> recipe (see the curate flow); each subset is trained and evaluated,
+            except those with "reshard": false (made and reported only).
         pool_name: the pool's folder name under <store>/pools/.
         download: other pool_refresh settings (slice_size, shard_size, processes, threads, image_size, ...).
         filters: filter settings (tasks/filters/config.py).
@@ -56,7 +57,7 @@ def pipeline(pool_index: str, store: str, tasklist: str, embedder: dict, subsets
     results = {name: train_eval(store=store, data=manifest["outputs"]["manifest"], tasklist=tasklist, scale=scale,
                                 overrides=train_overrides, run_name=f"{pool_name}-{name}",
                                 storage_options=storage_options)
-               for name, manifest in curated["subsets"].items()}
+               for name, manifest in curated["subsets"].items() if "shards" in manifest["outputs"]}
     return {"pool": refreshed, "tree": curated["tree"], "subsets": curated["subsets"], "results": results}
 
 

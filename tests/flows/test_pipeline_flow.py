@@ -15,6 +15,8 @@ FILTERS = {"min_image_side": 48, "clip_score_top_fraction": 0.9}
 SUBSETS = {
     "balanced": [{"step": "filters"}, {"step": "hkmeans", "target": 60}],
     "metaclip": {"recipe": [{"step": "metaclip", "target": 60}], "ngrams": {"min_unigram_count": 10}},
+    "flat-closest": {"recipe": [{"step": "hkmeans", "target": 30, "mode": "flat", "selection": "c"}],
+                     "reshard": False},
 }
 
 
@@ -34,8 +36,10 @@ def test_pipeline_trains_and_evaluates_every_subset(prefect_harness, small_index
                      scale="tiny", train_overrides=QUICK)
     state = pipeline(**arguments, return_state=True)
     out = state.result()
-    assert set(out["results"]) == {"balanced", "metaclip"}
-    for name, subset in out["subsets"].items():
+    assert set(out["results"]) == {"balanced", "metaclip"}  # flat-closest is not resharded: not trained
+    flat = pd.read_parquet(out["subsets"]["flat-closest"]["outputs"]["parquet"])
+    assert len(flat) == 30 and "shards" not in out["subsets"]["flat-closest"]["outputs"]
+    for name, subset in ((n, s) for n, s in out["subsets"].items() if n in out["results"]):
         table = pd.read_parquet(subset["outputs"]["parquet"])
         trained = out["results"][name]["train"]
         assert trained["n_train_samples"] == len(table) == subset["rows"]["subset"]
@@ -53,7 +57,7 @@ def test_pipeline_trains_and_evaluates_every_subset(prefect_harness, small_index
 
     again = pipeline(**arguments, return_state=True)
     assert again.result()["results"] == out["results"]
-    assert latest_task_states("make_subset", 2) == ["Cached", "Cached"]
+    assert latest_task_states("make_subset", 3) == ["Cached", "Cached", "Cached"]
     assert latest_task_states("train_clip", 2) == ["Cached", "Cached"]
     assert latest_task_states("cluster_pool", 1) == ["Cached"]
 
