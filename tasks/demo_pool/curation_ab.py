@@ -25,7 +25,7 @@ CONCEPT_LONG_TAIL = (10, 20)
 
 def subset_size(kept: int) -> int:
     """The A/B's common subset size: 4,000 on the default pool, a third of what the filters kept on smaller ones."""
-    return max(10, min(4000, kept // 3))
+    return max(1, min(4000, kept // 3))
 
 
 def demo_subsets(kept: int) -> dict[str, dict]:

@@ -140,11 +140,14 @@ def demo_trees(kept: int) -> dict[str, dict]:
     1000 / 400 / 200 / 100 clusters for the default pool's ~11,000 kept samples, as many top
     clusters as concepts; smaller pools get proportionally fewer).
     """
-    top = min(100, max(2, kept // 20))
+    top = min(100, max(2, kept // 20), kept)
+    k1 = min(10 * top, kept)
+    k2 = min(4 * top, k1)
+    k3 = min(2 * top, k2)
     return {"1 level": {"levels": [top]},
-            "4 levels, resampling": {"levels": [min(10 * top, kept), {"k": 4 * top, "resampling_steps": 10},
-                                                {"k": 2 * top, "resampling_steps": 10},
-                                                {"k": top, "resampling_steps": 10}]}}
+            "4 levels, resampling": {"levels": [k1, {"k": k2, "resampling_steps": 10},
+                                                {"k": k3, "resampling_steps": 10},
+                                                {"k": min(top, k3), "resampling_steps": 10}]}}
 
 
 @task(name="check_clusters_against_truth")
