@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.metaclip.matching import EntryMatcher, Matches, match_naive, normalise  # noqa: E402
 from tasks.metaclip.metadata import DEFAULT_WORDNET_DIR, wordnet_entries  # noqa: E402
+from timing import median_seconds  # noqa: E402 - benchmarks/timing.py, next to this script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "matching.json"
 FUNCTION_WORDS = ("a", "the", "of", "in", "on", "with", "and", "for", "at", "my", "this", "is", "to", "an",
@@ -91,15 +91,6 @@ def caption_corpus(entries: list[str], n: int, seed: int, wordnet_dir: str = DEF
         position += length
         captions.append(" ".join(words))
     return captions
-
-
-def median_seconds(function, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
 
 
 def plain_automaton(entries: list[str]):

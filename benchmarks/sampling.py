@@ -34,7 +34,6 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUM
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
@@ -47,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.cluster.hierarchical import ClusterLevel  # noqa: E402
 from tasks.cluster.tree import samples_per_cluster  # noqa: E402
 from tasks.sample.tree_sampling import balanced_sample, selected_per_cluster  # noqa: E402
+from timing import median_seconds  # noqa: E402 - benchmarks/timing.py, next to this script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampling.json"
 GIB = 1024 ** 3
@@ -106,15 +106,6 @@ def loop_hierarchical(levels: list[ClusterLevel], target: int, seed: int) -> np.
     return np.sort(np.concatenate(chosen))
 
 
-def timed(function, repeats: int) -> tuple[float, np.ndarray]:
-    seconds, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = function()
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds), result
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=10_000_000)
@@ -145,11 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     seconds = {}
     for name, options in runs.items():
-        seconds[name], chosen = timed(lambda: balanced_sample(levels, args.target, seed=args.seed, **options),
+        seconds[name], chosen = median_seconds(lambda: balanced_sample(levels, args.target, seed=args.seed, **options),
                                       args.repeats)
         assert len(chosen) == args.target and np.all(np.diff(chosen) > 0)
         print(f"{name}: {seconds[name]:.2f} s for {args.target} of {args.samples}")
-    large, chosen = timed(lambda: balanced_sample(levels, args.large_target, seed=args.seed), args.repeats)
+    large, chosen = median_seconds(lambda: balanced_sample(levels, args.large_target, seed=args.seed), args.repeats)
     assert len(chosen) == args.large_target
     print(f"hierarchical_r, target {args.large_target}: {large:.2f} s")
 
@@ -158,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     extra = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
 
-    loop_seconds, looped = timed(lambda: loop_hierarchical(levels, args.target, args.seed), args.repeats)
+    loop_seconds, looped = median_seconds(lambda: loop_hierarchical(levels, args.target, args.seed), args.repeats)
     ours = balanced_sample(levels, args.target, seed=args.seed)
     # same algorithm, other random draws: the same total and the same shares at the top level
     assert len(looped) == args.target and len(np.unique(looped)) == args.target
