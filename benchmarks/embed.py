@@ -69,12 +69,17 @@ def bare_loop(shards: list[dict], checkpoint: str, batch_size: int) -> tuple[flo
 
 
 @flow
-def _embed_stage(store: str, warmup: list[dict], shards: list[dict], spec: dict) -> tuple[float, int]:
+def _embed_stage(root: str, warmup: list[dict], shards: list[dict], spec: dict) -> tuple[float, int]:
     """Warm the workers up (each loads the model) on ``warmup``, then time ``shards`` alone."""
-    for future in [embed_shard_task.submit(store, shard, spec, "embeddings/warmup") for shard in warmup]:
+    from tasks.common.catalog import Catalog
+    from tasks.common.store import Store
+
+    store = Store(root)
+    warm, timed = Catalog.embedding_folder("bench", "warmup"), Catalog.embedding_folder("bench", "timed")
+    for future in [embed_shard_task.submit(store, shard, spec, warm) for shard in warmup]:
         future.result()
     started = time.perf_counter()
-    futures = [embed_shard_task.submit(store, shard, spec, "embeddings/bench") for shard in shards]
+    futures = [embed_shard_task.submit(store, shard, spec, timed) for shard in shards]
     count = sum(future.result()["embedded"] for future in futures)
     return time.perf_counter() - started, count
 

@@ -121,6 +121,7 @@ class PeakMemory:
 def out_of_core(rows: int, dim: int, shard_rows: int, levels: list, max_iter: int, workers: int) -> dict:
     from tasks.cluster.imported import import_embeddings
     from tasks.cluster.run import ClusterConfig, cluster_pool
+    from tasks.common.catalog import Catalog
     from tasks.common.store import Store
 
     folder = tempfile.mkdtemp(prefix="kmeans-ooc-", dir=os.environ.get("BENCH_DIR"))
@@ -134,16 +135,17 @@ def out_of_core(rows: int, dim: int, shard_rows: int, levels: list, max_iter: in
                 uids = np.char.add(f"{number:05d}-", np.arange(count).astype(str))
                 yield uids, clustered_data(count, dim, 2000, seed=number, dtype=np.float16)
 
-        import_embeddings(store, "ooc", shards())
+        catalog = Catalog(store)
+        import_embeddings(catalog, "ooc", shards())
         written = time.perf_counter() - started
         config = ClusterConfig.from_dict({"levels": levels, "engine": "dask", "max_iter": max_iter})
         with PeakMemory() as memory:
             started = time.perf_counter()
             with dask_client(n_workers=workers, gpu=False) as client:
-                summary = cluster_pool(store, "ooc", config, client=client)
+                tree = cluster_pool(catalog, catalog.snapshot("ooc"), config, client=client)
             seconds = time.perf_counter() - started
         return {"rows": rows, "dim": dim, "dtype": "float16", "shards": -(-rows // shard_rows),
-                "levels": [level["k"] for level in summary["levels"]], "max_iter": max_iter,
+                "levels": [level["k"] for level in tree["stats"]["levels"]], "max_iter": max_iter,
                 "write_seconds": round(written, 1), "cluster_seconds": round(seconds, 1),
                 "peak_rss_gib": round(memory.peak / GIB, 2)}
     finally:

@@ -80,7 +80,9 @@ def run_open_clip(shards: list[str], overrides: dict, work: Path) -> dict:
 
 @flow
 def _train_once(store: str, manifest: dict, overrides: dict, run_name: str) -> dict:
-    return train_clip_task(store, manifest, "tiny", overrides, run_name)
+    from tasks.common.store import Store
+
+    return train_clip_task(Store(store), manifest, "tiny", overrides, run_name)
 
 
 def run_ours(manifest: dict, overrides: dict, work: Path, repeat: int) -> dict:
@@ -89,9 +91,9 @@ def run_ours(manifest: dict, overrides: dict, work: Path, repeat: int) -> dict:
     started = time.perf_counter()
     result = _train_once(str(store), manifest, overrides, f"bench{repeat}")
     seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 2), "samples_seen": result["samples_seen"],
-            "samples_per_s_wall": round(result["samples_seen"] / seconds, 1),
-            "samples_per_s_logged": result["samples_per_second"]}
+    seen = result["rows"]["samples_seen"]
+    return {"seconds": round(seconds, 2), "samples_seen": seen, "samples_per_s_wall": round(seen / seconds, 1),
+            "samples_per_s_logged": result["stats"]["samples_per_second"]}
 
 
 def main() -> None:

@@ -70,8 +70,9 @@ def main() -> None:
     report = {"benchmark": "train_resume", "model": config.model, "killed_after_epoch": args.kill_after_epoch,
               "epochs": config.epochs}
     for name, run in (("uninterrupted", uninterrupted), ("resumed", resumed)):
-        summary = evaluate_checkpoint(store, run.model, run.checkpoint, tasklist, f"eval/{name}")
-        report[name] = {"samples_seen": run.samples_seen, "resumed_from_epoch": run.resumed_from_epoch,
+        summary = evaluate_checkpoint(store, run["config"]["model"], run["outputs"]["checkpoint"], tasklist,
+                                      f"eval/{name}")
+        report[name] = {"samples_seen": run["rows"]["samples_seen"], "resumed_from_epoch": run["stats"]["resumed_from_epoch"],
                         **{t["key"]: t["score"] for t in summary["tasks"]}}
         print(name, report[name], flush=True)
     report["same_samples_seen"] = report["uninterrupted"]["samples_seen"] == report["resumed"]["samples_seen"]

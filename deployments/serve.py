@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 
 from prefect import serve
+from tasks.common.prefect_settings import use_project_settings
 
 from flows.demo import demo
 from flows.pool_refresh import pool_refresh
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_project_settings()  # prefect.toml, also when started from another folder
     parser = argparse.ArgumentParser(description="Serve pool_refresh (on a cron schedule) and demo.")
     parser.add_argument("--pool-index", required=True)
     parser.add_argument("--store", required=True)

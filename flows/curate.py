@@ -16,26 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from prefect import flow, task
+from prefect import flow
 
 from tasks.cluster.run import ClusterConfig
 from tasks.cluster.task import cluster_pool_task, cluster_report_task
+from tasks.common.catalog_task import resolve_pool_task
 from tasks.common.dask_cluster import shared_dask_address
-from tasks.common.errors import InputError
+from tasks.common.prefect_settings import use_project_settings
 from tasks.common.prefect_support import cached_in_store, store_from
 from tasks.sample.run import SubsetConfig
-from tasks.sample.task import make_subset_task, read_pool_state, subset_report_task
-
-
-@task(name="read_filters_manifest")
-def read_filters_manifest(store: str, pool_name: str, storage_options: dict | None = None) -> str:
-    """The content hash of the pool's latest filters manifest (the clustering's input)."""
-    the_store = store_from(store, storage_options)
-    pointer = f"pools/{pool_name}/filters.json"
-    if not the_store.exists(pointer):
-        raise InputError(f"pool {pool_name!r}: {the_store.uri(pointer)} does not exist; run pool_refresh with an "
-                         f"embedder first")
-    return the_store.read_json(the_store.relative(the_store.read_json(pointer)["filters"]))["content_hash"]
+from tasks.sample.task import make_subset_task, subset_report_task
 
 
 @flow(name="curate", log_prints=True)
@@ -57,31 +47,32 @@ def curate(store: str, pool_name: str, clustering: dict | None = None, subsets: 
             "flat", "selection": "r", "c" or "f"}; the hkmeans step samples from this run's tree.
         cluster: false to skip the tree (recipes without an hkmeans step, e.g. MetaCLIP on a raw pool).
         dask_address: Dask scheduler address; empty: a local cluster (Dask-CUDA on GPUs).
-        storage_options: fsspec options for an s3:// store.
+        storage_options: fsspec options for an s3:// store (no secrets: credentials come from the
+            environment or a Prefect Secret block named by "credentials_block").
+    Returns:
+        {"tree": the clustering stage's manifest or None, "subsets": name -> the subset's manifest}.
     """
     parsed = {name: SubsetConfig.from_dict(recipe).to_dict() for name, recipe in (subsets or {}).items()}
+    config = ClusterConfig.from_dict(clustering).to_dict() if cluster else None
     the_store = store_from(store, storage_options)
+    snapshot = resolve_pool_task(the_store, pool_name)  # every task below reads this one resolution
     out: dict = {"tree": None, "subsets": {}}
     trees = {}
     with shared_dask_address(dask_address) as address:  # one local cluster for every task of this run
         if cluster:
-            config = ClusterConfig.from_dict(clustering).to_dict()
-            filters_hash = read_filters_manifest(store, pool_name, storage_options)
-            fit = cached_in_store(cluster_pool_task, the_store)
-            out["tree"] = fit(store, pool_name, filters_hash, config, address, storage_options)
+            out["tree"] = cached_in_store(cluster_pool_task, the_store)(the_store, snapshot, config, address)
             cluster_report_task(out["tree"])
-            trees["tree"] = the_store.relative(out["tree"]["folder"])
-        if parsed:
-            state = read_pool_state(store, pool_name, storage_options)
-            sample = cached_in_store(make_subset_task, the_store)
-            for name, config in parsed.items():
-                manifest = sample(store, pool_name, name, config, trees, state, address, storage_options)
-                subset_report_task(manifest)
-                out["subsets"][name] = manifest
+            trees["tree"] = out["tree"]
+        sample = cached_in_store(make_subset_task, the_store)
+        for name, subset in parsed.items():
+            manifest = sample(the_store, snapshot, name, subset, trees, address)
+            subset_report_task(the_store, manifest)
+            out["subsets"][name] = manifest
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_project_settings()  # prefect.toml, also when started from another folder
     parser = argparse.ArgumentParser(description="Cluster a filtered pool (hierarchical k-means with resampling).")
     parser.add_argument("--store", required=True)
     parser.add_argument("--pool-name", required=True)
@@ -93,14 +84,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-cluster", action="store_true", help="skip the tree (recipes without hkmeans)")
     parser.add_argument("--dask-address", default="")
     args = parser.parse_args(argv)
+    from tasks.common.options import json_option, named_json_options
+
     clustering = {"metric": args.metric, "engine": args.engine}
     if args.levels:
-        clustering["levels"] = json.loads(args.levels)
-    subsets = {name: json.loads(recipe) for name, _, recipe in (item.partition("=") for item in args.subset)}
+        clustering["levels"] = json_option("--levels", args.levels)
+    subsets = named_json_options("--subset", args.subset)
     out = curate(store=args.store, pool_name=args.pool_name, clustering=clustering, subsets=subsets,
                  cluster=not args.no_cluster, dask_address=args.dask_address)
     if out["tree"]:
-        print(json.dumps(out["tree"]["levels"], indent=2))
+        print(json.dumps(out["tree"]["stats"]["levels"], indent=2))
     for name, manifest in out["subsets"].items():
         print(f"subset {name}: {manifest['rows']['subset']} samples, {manifest['outputs']['parquet']}")
 

@@ -25,6 +25,10 @@ from prefect import flow
 from flows.curate import curate
 from flows.pool_refresh import pool_refresh
 from flows.train_eval import train_eval
+from tasks.common.catalog import run_name
+from tasks.common.catalog_task import resolve_pool_task
+from tasks.common.prefect_settings import use_project_settings
+from tasks.common.prefect_support import store_from
 from tasks.demo_pool.curation_ab import TRAINED_ARMS, demo_subsets
 from tasks.demo_pool.task import (DEMO_FILTERS, check_clusters_against_truth, check_download_against_truth,
                                   check_filters_against_truth, check_subsets_against_truth, curation_ab_report,
@@ -52,6 +56,7 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
     """
     work = Path(workdir).absolute()
     store = store or str(work / "store")
+    the_store = store_from(store)
     web_root = str(work / "web")
     generate_demo_pool_task(web_root, demo_config(n_samples, seed), dask_address or None)
     server = start_demo_server(web_root, str(work / "server.json"))
@@ -63,15 +68,16 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
         manifest = pool_refresh(**download)
         check = check_download_against_truth(manifest, truth)
         tasklist = generate_demo_eval_sets_task(str(work / "eval"), seed)
-        baseline = train_eval(store=store, data="pools/demo/manifest.json", tasklist=tasklist, scale="tiny",
+        baseline = train_eval(store=store, data=manifest["outputs"]["folder"], tasklist=tasklist, scale="tiny",
                               overrides=train_overrides, run_name="raw-pool")
-        long_tail = long_tail_report(baseline["results"], truth, manifest)
+        long_tail = long_tail_report(the_store, baseline["evaluation"], resolve_pool_task(the_store, "demo"), truth)
         # The model trained on the raw pool is the embedder of the pool (no weights can be downloaded here).
-        embedder = {"model": baseline["train"]["model"], "checkpoint": baseline["train"]["checkpoint"]}
+        embedder = {"model": baseline["train"]["config"]["model"],
+                    "checkpoint": baseline["train"]["outputs"]["checkpoint"]}
         curated = pool_refresh(**download, embedder=embedder, filters={**DEMO_FILTERS, "eval_tasklist": tasklist})
     finally:
         server.stop()
-    filter_check = check_filters_against_truth(curated["filters"], truth)
+    filter_check = check_filters_against_truth(the_store, curated["filters"], truth)
     kept = curated["filters"]["rows"]["kept"]
     recipes = demo_subsets(kept)
     trees, subsets = {}, {}
@@ -80,26 +86,27 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
                      dask_address=dask_address)
         trees[name] = out["tree"]
         subsets.update(out["subsets"])
-    cluster_check = check_clusters_against_truth(trees, truth, store)
-    balance = check_subsets_against_truth(subsets, truth, store, "demo")
-    arms = {name: train_eval(store=store, data=subsets[name]["outputs"]["manifest"], tasklist=tasklist, scale="tiny",
-                             overrides={**AB_TRAINING, **(train_overrides or {})}, run_name=f"ab-{name}")
+    cluster_check = check_clusters_against_truth(the_store, trees, truth)
+    snapshot = resolve_pool_task(the_store, "demo")  # the filtered pool the subsets were made from
+    balance = check_subsets_against_truth(the_store, snapshot, subsets, truth)
+    arms = {name: train_eval(store=store, data=subsets[name]["outputs"]["folder"], tasklist=tasklist, scale="tiny",
+                             overrides={**AB_TRAINING, **(train_overrides or {})}, run_name=run_name("ab", name))
             for name in TRAINED_ARMS}
-    ab = curation_ab_report(arms, balance, truth, store, "demo")
+    ab = curation_ab_report(the_store, snapshot, {name: arm["evaluation"] for name, arm in arms.items()}, balance,
+                            truth)
     outputs = {
         "pool_index": download["pool_index"],
-        "manifest": f"{manifest['store']}/pools/demo/manifest.json",
-        "download_report": f"{manifest['store']}/pools/demo/download_report.json",
+        "pool": manifest["outputs"]["folder"],
         "truth (evaluation only)": truth,
         "samples": manifest["rows"],
         "download vs planted": check,
-        "model trained on the raw pool": baseline["train"]["checkpoint"],
+        "model trained on the raw pool": baseline["train"]["outputs"]["checkpoint"],
         "evaluation": baseline["eval"],
         "zero-shot recall by concept frequency": long_tail,
         "filter report": curated["filters"]["outputs"]["report"],
         "kept by the filters": curated["filters"]["rows"],
         "filters vs planted defects": filter_check,
-        "cluster trees": {name: tree["folder"] for name, tree in trees.items()},
+        "cluster trees": {name: tree["outputs"]["folder"] for name, tree in trees.items()},
         "clusters vs true concepts": cluster_check,
         "subsets": {name: subset["outputs"]["parquet"] for name, subset in subsets.items()},
         "subsets vs true concepts": balance,
@@ -111,6 +118,7 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_project_settings()  # prefect.toml, also when started from another folder
     parser = argparse.ArgumentParser(description="Run the demo pipeline on the generated web pool.")
     parser.add_argument("--workdir", default=".demo")
     parser.add_argument("--store", default="")

@@ -16,9 +16,11 @@ import json
 from prefect import flow
 
 from tasks.common.dask_cluster import dask_task_runner
-from tasks.embed.task import embed_eval_sets_task, embed_shard_task
-from tasks.filters.pool_tasks import plan_embed_filter, publish_embed_filter_manifests
-from tasks.filters.task import poolwide_filters_task, rowwise_filters_task
+from tasks.common.prefect_settings import use_project_settings
+from tasks.common.prefect_support import cached_in_store, store_from
+from tasks.embed.task import embed_eval_sets_task, embed_shard_task, publish_embeddings_task
+from tasks.filters.task import (filter_folder_task, plan_embed_filter_task, poolwide_filters_task,
+                                publish_latest_runs_task, rowwise_filters_task)
 
 
 @flow(name="embed_filter", log_prints=True, task_runner=dask_task_runner())
@@ -32,22 +34,27 @@ def embed_filter(store: str, pool_name: str, embedder: dict, filters: dict | Non
         embedder: {"model": open_clip architecture, "checkpoint": pretrained tag or checkpoint file,
             "batch_size": 256, "caption_model": "" or "minilm" or a sentence-transformers folder}.
         filters: settings of tasks/filters/config.py (thresholds, eval_tasklist, CLIP score...).
-        storage_options: fsspec options for an s3:// store.
+        storage_options: fsspec options for an s3:// store (no secrets: credentials come from the
+            environment or a Prefect Secret block named by "credentials_block").
+    Returns:
+        {"embeddings": the embedding stage's manifest, "filters": the filter stage's manifest}.
     """
-    plan = plan_embed_filter(store, pool_name, embedder, filters, storage_options)
-    folders = plan["folders"]
-    embedded = [embed_shard_task.submit(store, shard, plan["spec"], folders["embeddings"], storage_options)
-                for shard in plan["shards"]]
+    the_store = store_from(store, storage_options)
+    plan = plan_embed_filter_task(the_store, pool_name, embedder, filters)  # the pool, resolved once
+    embed = cached_in_store(embed_shard_task, the_store)
+    embedded = [embed.submit(the_store, shard, plan["spec"], plan["embeddings"]) for shard in plan["shards"]]
     eval_embeddings = None
-    if folders["eval_embeddings"]:
-        eval_embeddings = embed_eval_sets_task(store, plan["spec"], plan["config"]["eval_tasklist"],
-                                               folders["eval_embeddings"], storage_options)
-    summaries = [future.result() for future in embedded]
-    rows = [rowwise_filters_task.submit(store, summary["parquet"], plan["config"], folders["filters"], eval_embeddings,
-                                        storage_options) for summary in summaries]
-    report = poolwide_filters_task(store, [future.result() for future in rows], plan["config"], folders["filters"],
-                                   pool_name, storage_options, folders["embeddings"])
-    return publish_embed_filter_manifests(store, plan, summaries, report, storage_options)
+    if plan["eval_embeddings"]:
+        eval_embeddings = embed_eval_sets_task(the_store, plan["spec"], plan["config"]["eval_tasklist"],
+                                               plan["eval_embeddings"])
+    embeddings = publish_embeddings_task(the_store, plan["pool"], plan["spec"], plan["embeddings"],
+                                         [future.result() for future in embedded])
+    folder = filter_folder_task(the_store, plan, embeddings)
+    rows = {shard["shard_id"]: rowwise_filters_task.submit(the_store, shard, plan["config"], folder, eval_embeddings)
+            for shard in embeddings["outputs"]["shards"]}
+    filtered = cached_in_store(poolwide_filters_task, the_store)(
+        the_store, embeddings, {shard: future.result() for shard, future in rows.items()}, plan["config"], folder, plan)
+    return publish_latest_runs_task(the_store, embeddings, filtered)
 
 
 def run_embed_filter(store: str, pool_name: str, embedder: dict, filters: dict | None = None,
@@ -58,6 +65,7 @@ def run_embed_filter(store: str, pool_name: str, embedder: dict, filters: dict |
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_project_settings()  # prefect.toml, also when started from another folder
     parser = argparse.ArgumentParser(description="Embed a downloaded pool, then filter it.")
     parser.add_argument("--store", required=True)
     parser.add_argument("--pool-name", required=True)
@@ -67,9 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--filters", default="{}", help="JSON object of filter settings")
     parser.add_argument("--dask-address", default="")
     args = parser.parse_args(argv)
+    from tasks.common.options import json_option
+
     out = run_embed_filter(args.store, args.pool_name, {"model": args.model, "checkpoint": args.checkpoint,
                                                         "caption_model": args.caption_model},
-                           json.loads(args.filters), args.dask_address)
+                           json_option("--filters", args.filters), args.dask_address)
     print(json.dumps(out["filters"]["stats"], indent=2))
 
 

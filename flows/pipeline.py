@@ -18,7 +18,9 @@ from prefect import flow
 from flows.curate import curate
 from flows.pool_refresh import pool_refresh
 from flows.train_eval import train_eval
+from tasks.common.catalog import run_name
 from tasks.common.errors import InputError
+from tasks.common.prefect_settings import use_project_settings
 from tasks.sample.run import SubsetConfig
 
 
@@ -54,14 +56,15 @@ def pipeline(pool_index: str, store: str, tasklist: str, embedder: dict, subsets
                              **(download or {}))
     curated = curate(store=store, pool_name=pool_name, clustering=clustering, subsets=subsets,
                      dask_address=dask_address, storage_options=storage_options)
-    results = {name: train_eval(store=store, data=manifest["outputs"]["manifest"], tasklist=tasklist, scale=scale,
-                                overrides=train_overrides, run_name=f"{pool_name}-{name}",
+    results = {name: train_eval(store=store, data=manifest["outputs"]["folder"], tasklist=tasklist, scale=scale,
+                                overrides=train_overrides, run_name=run_name(pool_name, name),
                                 storage_options=storage_options)
                for name, manifest in curated["subsets"].items() if "shards" in manifest["outputs"]}
     return {"pool": refreshed, "tree": curated["tree"], "subsets": curated["subsets"], "results": results}
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_project_settings()  # prefect.toml, also when started from another folder
     parser = argparse.ArgumentParser(description="pool_refresh, curate, then train_eval on every subset.")
     parser.add_argument("--pool-index", required=True)
     parser.add_argument("--store", required=True)
@@ -72,9 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", default="small")
     parser.add_argument("--dask-address", default="")
     args = parser.parse_args(argv)
-    subsets = {name: json.loads(recipe) for name, _, recipe in (item.partition("=") for item in args.subset)}
+    from tasks.common.options import json_option, named_json_options
+
+    subsets = named_json_options("--subset", args.subset)
     out = pipeline(pool_index=args.pool_index, store=args.store, tasklist=args.tasklist,
-                   embedder=json.loads(args.embedder), subsets=subsets, pool_name=args.pool_name, scale=args.scale,
+                   embedder=json_option("--embedder", args.embedder), subsets=subsets, pool_name=args.pool_name, scale=args.scale,
                    dask_address=args.dask_address)
     print(json.dumps({name: result["eval"] for name, result in out["results"].items()}, indent=2))
 

@@ -15,8 +15,9 @@ from prefect import flow
 
 from flows.embed_filter import run_embed_filter
 from tasks.common.errors import StageFailed
+from tasks.common.prefect_settings import use_project_settings
 from tasks.common.prefect_support import cached_in_store, run_bounded, store_from
-from tasks.download.task import download_slice_task, plan_pool_download, publish_pool_manifest
+from tasks.download.task import download_slice_task, plan_pool_download_task, publish_pool_task
 
 
 @flow(name="pool_refresh", log_prints=True)
@@ -58,23 +59,25 @@ def pool_refresh(
             {"model": open_clip architecture, "checkpoint": pretrained tag or checkpoint file, ...}.
         filters: filter settings (tasks/filters/config.py); used with ``embedder``.
         dask_address: Dask scheduler for embedding and filtering; empty: a local cluster.
-        storage_options: fsspec options for an s3:// store and index (endpoint, credentials).
+        storage_options: fsspec options for an s3:// store and index (endpoint, region; no secrets:
+            credentials come from the environment or a Prefect Secret block named by "credentials_block").
     Returns:
         The pool manifest (also at ``<store>/pools/<pool_name>/manifest.json``); with an embedder,
         plus ``embeddings`` and ``filters``: the manifests of those stages.
     """
     config = dict(image_size=image_size, resize_mode=resize_mode, timeout=timeout, retries=retries,
                   shard_size=shard_size, processes=processes_per_slice, threads=threads)
-    plans = plan_pool_download(pool_index, store, pool_name, slice_size, config, storage_options)
-    download = cached_in_store(download_slice_task, store_from(store, storage_options))
-    states = run_bounded(download, [(store, plan, config, storage_options) for plan in plans],
+    the_store = store_from(store, storage_options)
+    plans = plan_pool_download_task(the_store, pool_index, pool_name, slice_size, config)
+    download = cached_in_store(download_slice_task, the_store)
+    states = run_bounded(download, [(the_store, plan, config) for plan in plans],
                          limit=max(1, processes // max(1, processes_per_slice)))
     failed = [plan["index"] for plan, state in zip(plans, states) if not state.is_completed()]
     if failed:
         raise StageFailed(f"pool {pool_name!r}: slices {failed} failed after retries; finished slices are kept, "
                           "run the flow again to resume")
     results = [state.result() for state in states]
-    manifest = publish_pool_manifest(store, pool_index, pool_name, plans, results, config, storage_options)
+    manifest = publish_pool_task(the_store, pool_index, pool_name, plans, results, config)
     if not embedder:
         return manifest
     stages = run_embed_filter(store, pool_name, embedder, filters, dask_address, storage_options)
@@ -82,6 +85,7 @@ def pool_refresh(
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_project_settings()  # prefect.toml, also when started from another folder
     parser = argparse.ArgumentParser(description=pool_refresh.description)
     parser.add_argument("--pool-index", required=True)
     parser.add_argument("--store", required=True)
@@ -98,8 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                             slice_size=args.slice_size, shard_size=args.shard_size, processes=args.processes,
                             processes_per_slice=args.processes_per_slice, threads=args.threads,
                             image_size=args.image_size, timeout=args.timeout)
-    print(json.dumps({"manifest": f"{manifest['store']}/pools/{manifest['name']}/manifest.json",
-                      "rows": manifest["rows"]}, indent=2))
+    print(json.dumps({"pool": manifest["outputs"]["folder"], "rows": manifest["rows"]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,24 +15,36 @@ import json
 
 from prefect import flow, task
 
+from tasks.common.catalog import Catalog
 from tasks.common.errors import InputError
+from tasks.common.prefect_settings import use_project_settings
 from tasks.common.prefect_support import cached_in_store, store_from
-from tasks.evaluate.task import evaluate_checkpoint_task
+from tasks.common.store import Store
+from tasks.evaluate.task import evaluate_task
 from tasks.train.task import train_clip_task
 
 
 @task(name="read_data_manifest")
-def read_data_manifest(store: str, data: str, storage_options: dict | None = None) -> dict:
-    """The manifest at ``data``: a URI, or a path inside the store."""
+def read_data_manifest(store: Store, data: str) -> dict:
+    """The manifest of the pool or subset at ``data``: a stage folder or its manifest, as a URI or a path
+    inside the store."""
     import fsspec
 
-    the_store = store_from(store, storage_options)
-    for candidate in (data, the_store.uri(data)):
-        fs, path = fsspec.core.url_to_fs(candidate, **(storage_options or {}))
+    candidates = [data] if data.endswith(".json") else [Catalog.manifest_path(data)]
+    for candidate in list(candidates):
+        if "://" not in candidate and not candidate.startswith("/"):
+            candidates.insert(0, store.uri(candidate))
+    base = store.uri().rstrip("/") + "/"
+    for candidate in candidates:
+        if candidate.startswith(base):  # in the store: through the store, with its credentials
+            if store.exists(store.relative(candidate)):
+                return store.read_json(store.relative(candidate))
+            continue
+        fs, path = fsspec.core.url_to_fs(candidate)
         if fs.exists(path):
             with fs.open(path, "rb") as handle:
                 return json.load(handle)
-    raise InputError(f"data: no manifest at {data!r} (nor at {the_store.uri(data)!r})")
+    raise InputError(f"data: no manifest at {data!r} (looked at {', '.join(candidates)})")
 
 
 @flow(name="train_eval", log_prints=True)
@@ -42,23 +54,25 @@ def train_eval(store: str, data: str, tasklist: str, scale: str = "tiny", overri
 
     Args:
         store: store root (local folder or s3://bucket/prefix).
-        data: the pool or subset manifest to train on (URI, or path inside the store).
+        data: the pool or subset to train on: its folder or its manifest (URI, or path inside the store).
         tasklist: evaluation task list (DataComp tasklist.yml format; paths relative to it).
         scale: tiny, small, medium, large or xlarge (DataComp's hyperparameters).
         overrides: any training hyperparameter, e.g. {"batch_size": 512, "samples_seen": 100000}.
-        run_name: name of the run's folder under <store>/train/.
-        storage_options: fsspec options for an s3:// store.
+        run_name: the run's name (1-63 lower-case letters, digits, '-', '_'): <store>/train/<run_name>-<key>/.
+        storage_options: fsspec options for an s3:// store (no secrets: credentials come from the
+            environment or a Prefect Secret block named by "credentials_block").
+    Returns:
+        {"train": the training manifest, "eval": the evaluation summary, "evaluation": its manifest}.
     """
-    manifest = read_data_manifest(store, data, storage_options)
-    train = cached_in_store(train_clip_task, store_from(store, storage_options))
-    trained = train(store, manifest, scale, overrides, run_name, storage_options)
-    evaluate = cached_in_store(evaluate_checkpoint_task, store_from(store, storage_options))
-    results = "eval/" + trained["folder"].rstrip("/").rsplit("/", 1)[-1]
-    summary = evaluate(store, trained["model"], trained["checkpoint"], tasklist, results, storage_options)
-    return {"train": trained, "eval": summary, "results": store_from(store, storage_options).uri(results)}
+    the_store = store_from(store, storage_options)
+    manifest = read_data_manifest(the_store, data)
+    trained = cached_in_store(train_clip_task, the_store)(the_store, manifest, scale, overrides, run_name)
+    evaluation = cached_in_store(evaluate_task, the_store)(the_store, trained, tasklist, run_name)
+    return {"train": trained, "eval": evaluation["stats"], "evaluation": evaluation}
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_project_settings()  # prefect.toml, also when started from another folder
     parser = argparse.ArgumentParser(description="Train CLIP on a manifest's shards and evaluate it.")
     parser.add_argument("--store", required=True)
     parser.add_argument("--data", required=True, help="pool or subset manifest (URI or path in the store)")
@@ -68,10 +82,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="a training hyperparameter, e.g. --override batch_size=512")
     parser.add_argument("--run-name", default="clip")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.override:
-        name, _, value = item.partition("=")
-        overrides[name] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
+    from tasks.common.options import parse_overrides
+
+    overrides = parse_overrides(args.override)
     out = train_eval(store=args.store, data=args.data, tasklist=args.tasklist, scale=args.scale,
                      overrides=overrides or None, run_name=args.run_name)
     print(json.dumps(out["eval"], indent=2))

@@ -221,7 +221,7 @@ class HierarchicalKMeans:
         if spec.split:
             centroids, _, labels, distances = split_clusters(inputs, labels, spec.k, spec.split,
                                                              step_seed(self.seed, number, spec.resampling_steps + 1),
-                                                             self.max_iter, self.client)
+                                                             max_iter=self.max_iter, tol=self.tol, client=self.client)
         level = ClusterLevel(centroids=np.asarray(centroids, dtype=np.float32), labels=labels.astype(np.int64),
                              distances=distances.astype(np.float32))
         if self.checkpoints:

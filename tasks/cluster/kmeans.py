@@ -14,34 +14,42 @@ Engines (``engine=``):
   when the inertia improves by less than ``tol`` (relative).
 - ``cuml``: ``cuml.dask.cluster.KMeans`` (Dask arrays) or ``cuml.cluster.KMeans`` (in memory) on
   GPUs, see :mod:`tasks.cluster.cuml_engine`.
-- ``auto``: ``cuml`` where cuML imports and a GPU is visible, else ``dask``.
+- ``auto``: ``cuml`` where cuML imports and a GPU is visible, else ``dask``. A GPU that the
+  driver lists but cupy or cuML cannot use raises :class:`~tasks.common.errors.GpuSetupError`
+  (a broken CUDA install is reported, not run on the CPU); ``engine="dask"`` asks for the CPU.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import numpy as np
 
 from tasks.cluster.init import kmeans_plus_plus
 from tasks.cluster.lloyd import (DEFAULT_CHUNK_ROWS, BlockStatistics, array_module, assign, block_statistics,
-                                 combine_statistics, to_host, updated_centroids)
+                                 combine_statistics, lloyd, to_host)
 from tasks.common.errors import InputError
-from tasks.common.gpu import gpu_available
+from tasks.common.gpu import gpu_available, gpu_setup_error, visible_gpus
 
 ENGINES = ("auto", "dask", "cuml")
 FULL_SEEDING_LIMIT = 20_000_000  # n * k above which k-means++ seeds on a sample
 
 
 def cuml_available() -> bool:
+    """True where a GPU is usable (:func:`~tasks.common.gpu.gpu_available`) and cuML imports; False
+    without a GPU or without cuML; :class:`GpuSetupError` where either is installed but broken."""
+    if not gpu_available() or importlib.util.find_spec("cuml") is None:
+        return False
     try:
         import cuml  # noqa: F401
-    except Exception:  # noqa: BLE001 - not installed or no CUDA runtime
-        return False
-    return gpu_available()
+    except Exception as exc:  # noqa: BLE001 - an ImportError or a CUDA error: both a broken install
+        raise gpu_setup_error(visible_gpus(), f"cuML fails to import: {type(exc).__name__}: {exc}") from exc
+    return True
 
 
 def resolve_engine(engine: str) -> str:
+    """``engine``, with ``auto`` decided: ``cuml`` where :func:`cuml_available`, else ``dask``."""
     if engine not in ENGINES:
         raise InputError(f"engine={engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "auto":
@@ -141,17 +149,13 @@ class KMeans:
         else:
             check_finite(points)
         centroids = init if init is not None else self._seed(points, rng)
-        previous_inertia = np.inf
-        self.n_iter_ = 0
-        for _ in range(self.max_iter):
-            stats = self._iteration_statistics(blocks, centroids) if distributed else \
-                block_statistics(points, centroids, chunk_rows=self.chunk_rows)
-            centroids, _ = updated_centroids(stats, centroids)
-            self.n_iter_ += 1
-            if previous_inertia - stats.inertia <= self.tol * stats.inertia:
-                break
-            previous_inertia = stats.inertia
-        self.cluster_centers_ = centroids
+        if distributed:
+            def statistics(current):
+                return self._iteration_statistics(blocks, current)
+        else:
+            def statistics(current):
+                return block_statistics(points, current, chunk_rows=self.chunk_rows)
+        self.cluster_centers_, self.n_iter_ = lloyd(statistics, centroids, self.max_iter, self.tol)
 
     def _seed(self, points, rng: np.random.Generator) -> np.ndarray:
         n = int(points.shape[0])

@@ -3,7 +3,8 @@
 In:  a block of points (``n x d``, numpy or cupy, any float dtype) and centroids (``k x d``).
 Out: :func:`assign` the nearest centroid and squared L2 distance of every point;
      :func:`block_statistics` one block's partial sums, counts, inertia and farthest points, the
-     only thing that leaves a worker in an iteration; :func:`combine_statistics` adds them up.
+     only thing that leaves a worker in an iteration; :func:`combine_statistics` adds them up;
+     :func:`lloyd` the iteration itself (update and stopping rule), for every k-means here.
 
 Assignment is one matrix product per chunk of rows (never an ``n x k`` matrix for the whole
 block): with ``x' = [x, 1]`` and ``c' = [c, -|c|^2 / 2]`` the score ``x' . c'`` is largest for the
@@ -15,6 +16,7 @@ sparse one-hot ``k x n`` matrix times the block: linear in ``n d``, unlike a den
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -147,3 +149,22 @@ def updated_centroids(stats: BlockStatistics, previous: np.ndarray) -> tuple[np.
     reseed = min(len(empty), len(stats.far_points))
     centroids[empty[:reseed]] = stats.far_points[:reseed]
     return centroids, len(empty)
+
+
+def lloyd(statistics: Callable[[np.ndarray], BlockStatistics], centroids: np.ndarray, max_iter: int,
+          tol: float) -> tuple[np.ndarray, int]:
+    """Lloyd's iteration from ``centroids``: ``statistics(centroids)`` sums all points per cluster
+    (in memory or on Dask workers), :func:`updated_centroids` moves the centroids.
+
+    Stops after ``max_iter`` iterations or when the inertia improved by at most ``tol`` times itself.
+    Returns the centroids (float32) and the number of iterations run.
+    """
+    previous_inertia = np.inf
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        stats = statistics(centroids)
+        centroids, _ = updated_centroids(stats, centroids)
+        if previous_inertia - stats.inertia <= tol * stats.inertia:
+            break
+        previous_inertia = stats.inertia
+    return centroids, n_iter

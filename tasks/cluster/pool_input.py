@@ -1,7 +1,7 @@
 """A pool's filtered image embeddings, streamed from the store shard by shard as a Dask array.
 
-In:  the store and a pool name whose embed-and-filter stage has run
-     (``pools/<pool>/filters.json`` points at the embeddings and filter manifests).
+In:  the store and a resolved :class:`~tasks.common.catalog.PoolSnapshot` whose embedding and
+     filter runs exist (joined on shard ids: each shard's embeddings with its decisions).
 Out: :class:`PoolEmbeddings`: per shard the embeddings file, the decisions file, its row and kept
      counts; the ``uid`` of every kept sample in order; and :meth:`PoolEmbeddings.as_dask_array`,
      one block per shard holding only the kept rows. Only ``.npy`` headers and the ``uid``/``keep``
@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from tasks.common.catalog import PoolSnapshot
 from tasks.common.errors import InputError
 from tasks.common.store import Store
 
 
 @dataclass(frozen=True)
 class ShardInput:
-    name: str
+    shard_id: str
     embeddings: str  # store-relative .img.npy
     decisions: str  # store-relative decisions parquet
     rows: int
@@ -35,7 +36,6 @@ class PoolEmbeddings:
     dim: int
     dtype: str
     uids: np.ndarray
-    filters_manifest_hash: str
 
     @property
     def rows(self) -> int:
@@ -69,35 +69,30 @@ def load_kept_rows(store: Store, embeddings: str, decisions: str) -> np.ndarray:
     return matrix[keep]
 
 
-def pool_embeddings(store: Store, pool_name: str) -> PoolEmbeddings:
-    pointer = f"pools/{pool_name}/filters.json"
-    if not store.exists(pointer):
-        raise InputError(f"pool {pool_name!r}: {store.uri(pointer)} does not exist; run pool_refresh with an "
-                         f"embedder (or the embed_filter flow) first")
-    stages = store.read_json(pointer)
-    embedded = store.read_json(store.relative(stages["embeddings"]))
-    filtered = store.read_json(store.relative(stages["filters"]))
-    decisions = {uri.rsplit("/", 1)[-1].removesuffix(".parquet"): store.relative(uri)
-                 for uri in filtered["outputs"]["decisions"]}
+def pool_embeddings(store: Store, snapshot: PoolSnapshot) -> PoolEmbeddings:
+    embedded, filtered = snapshot.require_filtered("clustering")
+    decisions = filtered.decisions
     shards, uids, dims = [], [], {}
-    for shard in embedded["outputs"]["shards"]:
-        embeddings = store.relative(shard["image_embeddings"])
-        if shard["name"] not in decisions:
-            raise InputError(f"shard {shard['name']}: no filter decisions in {stages['filters']}")
+    dtype_name = "float16"
+    for shard in embedded.shards:
+        embeddings = store.relative(shard.image_embeddings)
+        if shard.shard_id not in decisions:
+            raise InputError(f"shard {shard.shard_id}: no filter decisions in {filtered.manifest['outputs']['folder']}")
+        decision_file = store.relative(decisions[shard.shard_id])
         shape, dtype = npy_header(store, embeddings)
-        with store.open(decisions[shard["name"]]) as handle:
+        with store.open(decision_file) as handle:
             frame = pd.read_parquet(handle, columns=["uid", "keep"])
         if len(frame) != shape[0]:
             raise InputError(f"{store.uri(embeddings)}: {shape[0]} rows but {len(frame)} filter decisions")
         dims.setdefault(shape[1], store.uri(embeddings))
         kept = frame["keep"].to_numpy(dtype=bool)
         uids.append(frame["uid"].to_numpy()[kept])
-        shards.append(ShardInput(shard["name"], embeddings, decisions[shard["name"]], int(shape[0]), int(kept.sum())))
+        shards.append(ShardInput(shard.shard_id, embeddings, decision_file, int(shape[0]), int(kept.sum())))
         dtype_name = str(dtype)
     if len(dims) > 1:
         raise InputError("pool embeddings: shards of different dimensions: "
                          + ", ".join(f"{d} in {uri}" for d, uri in dims.items()))
     if not shards:
-        raise InputError(f"pool {pool_name!r}: no embedded shard to cluster")
+        raise InputError(f"pool {snapshot.pool.name!r}: no embedded shard to cluster")
     return PoolEmbeddings(store=store, shards=shards, dim=next(iter(dims)), dtype=dtype_name,
-                          uids=np.concatenate(uids), filters_manifest_hash=filtered["content_hash"])
+                          uids=np.concatenate(uids))

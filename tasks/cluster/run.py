@@ -1,10 +1,12 @@
 """The clustering stage: hierarchical k-means over a pool's filtered embeddings, into the store.
 
-In:  the store, a pool name (its embed-and-filter stage has run), a :class:`ClusterConfig`, and
-     optionally a Dask client (the embeddings are streamed to its workers shard by shard).
-Out: the tree folder ``clusters/<pool>/<key>/`` (see :mod:`tasks.cluster.tree`) with
-     ``inputs.parquet`` (uids), every level, ``cluster_sizes.png`` and, written last,
-     ``tree.json``: per level k, its inputs and the distribution of samples per cluster.
+In:  the catalog, a resolved pool snapshot (its embedding and filter runs), a
+     :class:`ClusterConfig`, and optionally a Dask client (the embeddings are streamed to its
+     workers shard by shard).
+Out: the tree folder (:meth:`~tasks.common.catalog.Catalog.tree_folder`, keyed by the filter and
+     embedding manifests and the config; see :mod:`tasks.cluster.tree`) with ``inputs.parquet``
+     (uids), every level, ``cluster_sizes.png``, ``tree.json`` (per level k, its inputs and the
+     distribution of samples per cluster) and, written last, the stage's manifest.
      A rerun skips finished levels and resumes an unfinished level at its last resampling step.
 """
 
@@ -19,12 +21,13 @@ from tasks.cluster.hierarchical import METRICS, HierarchicalKMeans, LevelSpec
 from tasks.cluster.kmeans import ENGINES
 from tasks.cluster.pool_input import pool_embeddings
 from tasks.cluster.tree import StoreCheckpoints, samples_per_cluster, size_summary
+from tasks.common.catalog import Catalog, PoolSnapshot
 from tasks.common.errors import InputError
-from tasks.common.hashing import hash_json
+from tasks.common.hashing import code_version, hash_json
+from tasks.common.manifest import Manifest
 from tasks.common.plots import png_bytes, subplots
-from tasks.common.store import Store
 
-CLUSTER_VERSION = 1  # bump when a change alters the tree a config produces
+CLUSTER_VERSION = 2  # bump when a change alters the tree a config produces
 
 
 @dataclass(frozen=True)
@@ -57,16 +60,22 @@ class ClusterConfig:
     def to_dict(self) -> dict:
         return {**asdict(self), "levels": [asdict(level) for level in self.levels]}
 
-    def key(self, filters_manifest_hash: str) -> str:
-        return hash_json({"filters": filters_manifest_hash, "config": self.to_dict(), "version": CLUSTER_VERSION})[:16]
+    def key(self, snapshot: PoolSnapshot) -> str:
+        return hash_json({"inputs": snapshot.hashes, "config": self.to_dict(), "version": CLUSTER_VERSION})
 
 
-def cluster_pool(store: Store, pool_name: str, config: ClusterConfig, client=None, on_step=None) -> dict:
-    """Fit (or finish fitting) the tree of ``pool_name``; returns the contents of ``tree.json``."""
-    pool = pool_embeddings(store, pool_name)
-    folder = f"clusters/{pool_name}/{config.key(pool.filters_manifest_hash)}"
-    if store.exists(f"{folder}/tree.json"):
-        return store.read_json(f"{folder}/tree.json")
+def tree_folder(catalog: Catalog, snapshot: PoolSnapshot, config: ClusterConfig) -> str:
+    return catalog.tree_folder(snapshot.pool.name, config.key(snapshot))
+
+
+def cluster_pool(catalog: Catalog, snapshot: PoolSnapshot, config: ClusterConfig, client=None, on_step=None) -> dict:
+    """Fit (or finish fitting) the tree of the snapshot's filtered pool; returns the stage's manifest."""
+    store = catalog.store
+    folder = tree_folder(catalog, snapshot, config)
+    done = catalog.finished(folder)
+    if done is not None:
+        return done
+    pool = pool_embeddings(store, snapshot)
     if not store.exists(f"{folder}/inputs.parquet"):
         store.write_bytes(f"{folder}/inputs.parquet", pd.DataFrame({"uid": pool.uids}).to_parquet(index=False))
     model = HierarchicalKMeans(list(config.levels), metric=config.metric, engine=config.engine,
@@ -75,16 +84,22 @@ def cluster_pool(store: Store, pool_name: str, config: ClusterConfig, client=Non
     model.fit(pool.as_dask_array())
     per_cluster = samples_per_cluster(model.levels_)
     summary = {
-        "pool": pool_name, "folder": store.uri(folder), "samples": pool.rows, "dim": pool.dim,
-        "config": config.to_dict(), "filters_manifest": pool.filters_manifest_hash,
+        "pool": snapshot.pool.name, "folder": store.uri(folder), "samples": pool.rows, "dim": pool.dim,
+        "config": config.to_dict(), "inputs": snapshot.hashes,
         "levels": [{"level": number, "k": level.k, "inputs": int(len(level.labels)),
                     "inputs_per_cluster": size_summary(level.sizes),
                     "samples_per_cluster": size_summary(counts)}
                    for number, (level, counts) in enumerate(zip(model.levels_, per_cluster), 1)],
     }
-    store.write_bytes(f"{folder}/cluster_sizes.png", cluster_size_plot(per_cluster))
-    store.write_json(f"{folder}/tree.json", summary)
-    return summary
+    manifest = Manifest(
+        stage="cluster", name=snapshot.pool.name, store=store.root, config=config.to_dict(),
+        code_version=code_version("cluster", CLUSTER_VERSION), inputs=snapshot.hashes,
+        outputs={"folder": store.uri(folder), "inputs": store.uri(f"{folder}/inputs.parquet"),
+                 "plot": store.write_bytes(f"{folder}/cluster_sizes.png", cluster_size_plot(per_cluster)),
+                 "tree": store.write_json(f"{folder}/tree.json", summary)},
+        rows={"samples": pool.rows, **{f"level_{level['level']}_k": level["k"] for level in summary["levels"]}},
+        stats={"levels": summary["levels"], "dim": pool.dim, "metric": config.metric})
+    return catalog.publish(folder, manifest)
 
 
 def cluster_size_plot(per_cluster: list[np.ndarray]) -> bytes:

@@ -2,22 +2,25 @@
 
 In:  points (numpy/cupy, or a Dask array of numpy/cupy blocks), the coarse cluster of every point
      (``groups``, numpy int64), the number of coarse clusters, ``split`` (sub-clusters per coarse
-     cluster, at most its size), iterations, a seed and an optional Dask client.
+     cluster, at most its size), ``max_iter`` and ``tol`` (as for k-means), a seed and an optional
+     Dask client.
 Out: :func:`split_clusters`: the sub-centroids (float32, those of coarse cluster ``g`` are rows
      ``offsets[g]:offsets[g + 1]``), and every point's sub-cluster and squared distance to it.
 
-All coarse clusters are split at once: a batched Lloyd iteration in which each point is compared
-only with the sub-centroids of its own coarse cluster (a batched matrix-vector product per chunk
-of rows), and the partial sums are the same sparse one-hot product as plain k-means. The cost per
-iteration is ``n x split x d``, ``k_coarse / split`` times less than one level-1 k-means with
-``k_coarse x split`` clusters. Seeds are ``split`` random members of every coarse cluster.
+All coarse clusters are split at once: the Lloyd iteration of plain k-means
+(:func:`~tasks.cluster.lloyd.lloyd`: same update, same ``max_iter`` and ``tol`` stopping rule)
+in which each point is compared only with the sub-centroids of its own coarse cluster (a batched
+matrix-vector product per chunk of rows); the partial sums are the same sparse one-hot product.
+A sub-cluster left empty keeps its centroid. The cost per iteration is ``n x split x d``,
+``k_coarse / split`` times less than one level-1 k-means with ``k_coarse x split`` clusters.
+Seeds are ``split`` random members of every coarse cluster.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from tasks.cluster.lloyd import array_module, cluster_sums, to_host
+from tasks.cluster.lloyd import BlockStatistics, array_module, cluster_sums, combine_statistics, lloyd, to_host
 
 CANDIDATE_BUDGET = 1 << 24  # floats in one chunk's (rows x split x d) candidate block
 
@@ -51,12 +54,16 @@ def grouped_assign(points, groups, centroids, offsets: np.ndarray):
     return labels, distances
 
 
-def _block_sums(points, groups, centroids, offsets):
+def _block_statistics(points, groups, centroids, offsets) -> BlockStatistics:
+    """One block's sums, counts and inertia; no far points, so a sub-cluster left empty keeps its
+    centroid (a far point of another coarse cluster must not re-seed it)."""
     xp = array_module(points)
     labels, distances = grouped_assign(points, groups, centroids, offsets)
-    k = len(centroids)
-    return (to_host(cluster_sums(points, labels, k)), to_host(xp.bincount(labels, minlength=k)),
-            float(distances.astype(xp.float64).sum()))
+    k, d = centroids.shape
+    return BlockStatistics(sums=to_host(cluster_sums(points, labels, k)),
+                           counts=to_host(xp.bincount(labels, minlength=k)).astype(np.int64),
+                           inertia=float(distances.astype(xp.float64).sum()),
+                           far_points=np.zeros((0, d), dtype=np.float32), far_distances=np.zeros(0, dtype=np.float32))
 
 
 def _block_assign(points, groups, centroids, offsets):
@@ -77,9 +84,13 @@ def split_seeds(groups: np.ndarray, k_coarse: int, split: int, seed: int) -> tup
     return chosen[np.argsort(groups[chosen], kind="stable")], offsets
 
 
-def split_clusters(points, groups: np.ndarray, k_coarse: int, split: int, seed: int = 0, max_iter: int = 20,
-                   client=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (sub-centroids, offsets per coarse cluster, labels, squared distances)."""
+def split_clusters(points, groups: np.ndarray, k_coarse: int, split: int, seed: int = 0, max_iter: int = 50,
+                   tol: float = 1e-4, client=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (sub-centroids, offsets per coarse cluster, labels, squared distances).
+
+    ``max_iter`` and ``tol`` mean what they mean for :class:`~tasks.cluster.kmeans.KMeans`: both run
+    the same :func:`~tasks.cluster.lloyd.lloyd` iteration.
+    """
     from tasks.cluster.kmeans import compute_on, is_dask_array
 
     groups = np.asarray(groups, dtype=np.int64)
@@ -102,15 +113,7 @@ def split_clusters(points, groups: np.ndarray, k_coarse: int, split: int, seed: 
         def run(function, shared):
             return [function(points, groups, shared, offsets)]
 
-    previous = np.inf
-    for _ in range(max_iter):
-        parts = run(_block_sums, centroids)
-        sums, counts = np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)
-        inertia = sum(p[2] for p in parts)
-        filled = counts > 0  # a sub-cluster left empty keeps its centroid
-        centroids[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
-        if previous - inertia <= 1e-4 * inertia:
-            break
-        previous = inertia
+    centroids, _ = lloyd(lambda current: combine_statistics(*run(_block_statistics, current)), centroids,
+                         max_iter, tol)
     parts = run(_block_assign, centroids)
     return centroids, offsets, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

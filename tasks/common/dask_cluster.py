@@ -2,8 +2,9 @@
 
 In:  an optional scheduler address; otherwise Dask's own ``scheduler-address`` setting
      (``DASK_SCHEDULER_ADDRESS``); otherwise a new local cluster: ``dask_cuda.LocalCUDACluster``
-     (one worker per GPU) when ``gpu`` is true, or left to detection and a GPU is there,
-     else ``distributed.LocalCluster`` with one single-threaded worker process per core.
+     (one worker per GPU) when ``gpu`` is true, or left to detection
+     (:func:`~tasks.common.gpu.gpu_available`; a broken CUDA install raises GpuSetupError) and a
+     GPU is there, else ``distributed.LocalCluster`` with one single-threaded worker process per core.
 Out: a connected ``distributed.Client`` (a context manager that also closes a cluster it made).
 """
 

@@ -30,17 +30,41 @@ def artifact_key(*parts: str) -> str:
 
 
 def store_from(store: str | Store, storage_options: dict[str, Any] | None = None) -> Store:
+    """``store`` itself when it is a Store, else a Store for the URI (reads a credentials block once)."""
     return store if isinstance(store, Store) else Store(store, storage_options)
 
 
+class StoreResults(RemoteFileSystem):
+    """Prefect result storage in a store's results folder, saved with no secret.
+
+    ``basepath`` is the results folder's URI and ``settings`` the store's ``storage_options``
+    (an endpoint, the name of a credentials block: never a secret value). The filesystem comes
+    from a :class:`~tasks.common.store.Store` built from them, so credentials are read from the
+    environment or the Secret block by the process that uses the block, and only kept in memory.
+    """
+
+    _block_type_name = "Curation Store Results"
+
+    @property
+    def filesystem(self):
+        if not self._filesystem:
+            self._filesystem = Store(self.basepath, self.settings).fs
+        return self._filesystem
+
+
 def result_storage_for(store: Store):
-    """Where Prefect keeps task results and cache records for this store."""
+    """Where Prefect keeps task results and cache records for this store.
+
+    Local store: its results folder. Object store: a saved :class:`StoreResults` block (Prefect 3.8
+    accepts only saved blocks as a task's result storage) holding the store's non-secret options;
+    this process's instance uses the store's own filesystem, credentials included, in memory.
+    """
     local = store.local_path(RESULTS_FOLDER)
     if local is not None:
         return Path(local)
-    block = RemoteFileSystem(basepath=store.uri(RESULTS_FOLDER), settings=store.storage_options)
-    name = "curation-results-" + hashlib.sha256(store.root.encode()).hexdigest()[:16]
-    block.save(name, overwrite=True)
+    block = StoreResults(basepath=store.uri(RESULTS_FOLDER), settings=store.storage_options)
+    block._filesystem = store.fs  # the credentials stay in this process (and travel pickled with the task)
+    block.save("curation-results-" + hashlib.sha256(store.root.encode()).hexdigest()[:16], overwrite=True)
     return block
 
 
@@ -84,3 +108,19 @@ def run_bounded(task: Task, calls: list[tuple], limit: int) -> list:
     for future in futures.values():
         future.wait()  # records the final state on the future; without it .state asks the API, which may lag
     return [futures[i].state for i in range(len(calls))]
+
+
+def validated_cache_key(catalog, key: str, folder: str | None = None, files: list[str] | None = None) -> str:
+    """``key``, after making sure a cache hit on it would be true: the stage run in ``folder`` finished
+    and every output its manifest lists is still in the store (or, for per-shard work, every one
+    of ``files`` exists).
+
+    Otherwise the cache record stored under ``key`` (if any) is removed, so Prefect runs the task
+    again instead of returning a result whose files are gone; the stage then redoes what is missing.
+    """
+    from tasks.common.catalog import RESULTS_FOLDER
+
+    complete = catalog.finished(folder) is not None if folder else all(catalog.store.exists(f) for f in files or ())
+    if not complete:
+        catalog.store.remove(f"{RESULTS_FOLDER}/{key}")
+    return key

@@ -1,9 +1,28 @@
-"""Child processes that die with their parent."""
+"""Child processes that leave nothing behind: one runner for img2dataset, open_clip and the like.
+
+In:  a command (argv), a log file, a pid file, and optionally the child's environment.
+Out: :func:`run_child` returns the command's exit status once it ended and every process it
+     started is gone; its stdout and stderr are appended to the log file (:func:`log_tail`
+     reads the end of it for an error message).
+
+How nothing is left: the child starts in its own session, so it and every process it starts
+(img2dataset's pool workers, torchrun's trainers) form one process group, and it is SIGKILLed
+when its parent dies (Linux). The group is killed when the command ends or the caller is
+interrupted. If the caller itself is killed, the grandchildren may survive it: the pid file
+(the group's id) lets the next run with the same pid file kill them before it starts anew.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GROUP_TAG = "CURATION_CHILD_GROUP"  # environment variable naming the pid file of a child's group
 
 
 def die_with_parent() -> None:
@@ -12,3 +31,114 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def run_child(argv: list[str], log_path: Path, pid_file: Path, env: dict[str, str] | None = None,
+              log=print) -> int:
+    """Run ``argv`` to its end in its own process group; return its exit status.
+
+    ``env`` is the child's whole environment (default: this process's). A group left by an
+    earlier run with the same ``pid_file`` is killed first. When this returns or raises
+    (``KeyboardInterrupt``, a cancelled task), no process of the group is alive.
+    """
+    log_path, pid_file = Path(log_path), Path(pid_file)
+    stop_stale_group(pid_file, log)
+    tag = str(pid_file.resolve())
+    env = dict(os.environ if env is None else env, **{GROUP_TAG: tag})
+    linux = sys.platform.startswith("linux")
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env, start_new_session=True, preexec_fn=die_with_parent if linux else None)
+        try:
+            pid_file.write_text(str(process.pid))
+            if linux:
+                # Wait without reaping: the ended leader keeps its pid, so the group id cannot be
+                # reused by an unrelated process before the group is killed below.
+                os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+            else:
+                process.wait()
+        finally:
+            _kill_group(process.pid)
+            if linux:  # SIGKILL is delivered asynchronously: return once the members are gone
+                _wait_gone(_members(process.pid), 10.0)
+            returncode = process.wait()
+            pid_file.unlink(missing_ok=True)
+    return returncode
+
+
+def log_tail(log_path: Path, chars: int = 3000) -> str:
+    """The last ``chars`` characters (about) of a log file, for an error message."""
+    with open(log_path, "rb") as handle:
+        handle.seek(max(0, os.fstat(handle.fileno()).st_size - chars))
+        return handle.read().decode("utf-8", errors="replace")
+
+
+def stop_stale_group(pid_file: Path, log=print) -> None:
+    """Kill what is left of an earlier, interrupted run that wrote ``pid_file``, then remove the file.
+
+    Only processes of that group started by :func:`run_child` with this same pid file are killed
+    (they carry its path in their environment), so a group id reused since then is left alone.
+    """
+    pid_file = Path(pid_file)
+    if not pid_file.exists():
+        return
+    try:
+        pgid = int(pid_file.read_text().strip())
+    except ValueError:
+        pgid = None
+    if pgid is not None and not os.path.isdir("/proc"):
+        _kill_group(pgid)  # no /proc to check who is in the group (not Linux)
+    elif pgid is not None:
+        members = _members(pgid, tag=str(pid_file.resolve()))
+        if members:
+            for pid in members:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            _wait_gone(members, 5.0)
+            log(f"stopped {len(members)} leftover processes of an interrupted run (process group {pgid}, "
+                f"pid file {pid_file})")
+    pid_file.unlink(missing_ok=True)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _members(pgid: int, tag: str | None = None) -> list[int]:
+    """Live processes in group ``pgid`` (Linux /proc); with ``tag``, only those whose environment
+    has ``GROUP_TAG=tag``."""
+    marker = f"{GROUP_TAG}={tag}".encode()
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            # fields after "(comm)": state ppid pgrp ...; comm may hold spaces and parentheses
+            state, _, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+            if int(pgrp) != pgid or state in "ZX":
+                continue
+            if tag is None or marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                members.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return members
+
+
+def _wait_gone(pids: list[int], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False

@@ -1,11 +1,21 @@
 """The store: one root URI under which every stage reads and writes.
 
 In:  a root URI, a local directory (``/data/curation`` or ``file:///data/curation``) or
-     ``s3://bucket/prefix`` (through s3fs; endpoint and credentials come from the usual
-     AWS variables, ``AWS_ENDPOINT_URL`` included, or from ``storage_options``).
+     ``s3://bucket/prefix`` (through s3fs), and ``storage_options``: fsspec options without
+     secrets (e.g. ``{"endpoint_url": "http://minio:9000"}``).
 Out: a :class:`Store` whose writes are atomic: a file becomes visible only when complete.
      Locally that is a temporary name in the same folder and ``os.replace``; on object
      storage it is one PUT per object (multipart uploads also appear only when complete).
+     Published local files get the mode ``0o666 & ~umask`` (folders the default), so other
+     accounts sharing the store can read them.
+
+Credentials never travel as options, because options end up in flow-run parameters, manifests
+and logs. They come from the environment (the usual ``AWS_*`` variables, ``AWS_ENDPOINT_URL``
+included) or from a Prefect Secret block: ``storage_options["credentials_block"] = "<name>"``,
+whose value is a JSON object of fsspec credential options (``{"key": ..., "secret": ...}``).
+The block is read once, when the Store is built (in the flow's process); the resolved
+credentials live only in the Store's private ``_credentials``, travel with it when it is
+pickled (a Dask worker needs no Prefect API), and never appear in ``storage_options``.
 
 Paths given to the methods are relative to the root and use ``/``.
 """
@@ -24,17 +34,31 @@ from typing import Any, Iterator
 
 import fsspec
 
-from tasks.common.errors import StoreError
+from tasks.common.errors import InputError, StoreError
+
+CREDENTIALS_BLOCK = "credentials_block"  # storage option: name of a Prefect Secret block
+SECRET_OPTIONS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
+                            "aws_session_token"})
 
 
 class Store:
     """A root URI plus atomic reads and writes under it."""
 
+    # No __dict__: encoders that walk an object's attributes (FastAPI's, which Prefect uses for flow
+    # parameters) cannot dump the credentials; Prefect records a Store parameter as "<Store>".
+    __slots__ = ("storage_options", "_credentials", "fs", "is_local", "root_path", "root")
+
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
+        options = dict(storage_options or {})
+        _refuse_secrets(options)
+        self._connect(root, options, _credentials_from_block(options.get(CREDENTIALS_BLOCK)))
+
+    def _connect(self, root: str, storage_options: dict[str, Any], credentials: dict[str, Any]) -> None:
         if not root or not isinstance(root, str):
             raise StoreError(f"store: expected a directory path or s3:// URI, got {root!r}")
-        self.storage_options = dict(storage_options or {})
-        self.fs, path = fsspec.core.url_to_fs(root, **self.storage_options)
+        self.storage_options = storage_options  # no secrets: safe to persist, log and save
+        self._credentials = credentials  # resolved from the Secret block; never persisted
+        self.fs, path = fsspec.core.url_to_fs(root, **self.fsspec_options())
         self.is_local = "file" in _protocols(self.fs)
         self.root_path = os.path.abspath(path) if self.is_local else path.rstrip("/")
         self.root = self.root_path if self.is_local else f"{_protocols(self.fs)[0]}://{self.root_path}"
@@ -43,7 +67,13 @@ class Store:
         return f"Store({self.root!r})"
 
     def __reduce__(self):
-        return (Store, (self.root, self.storage_options))
+        # the resolved credentials travel in memory, so the unpickled Store needs no Prefect API
+        return (_unpickle_store, (self.root, self.storage_options, self._credentials))
+
+    def fsspec_options(self) -> dict[str, Any]:
+        """The options fsspec gets, credentials included: pass them only to fsspec, never persist them."""
+        options = {k: v for k, v in self.storage_options.items() if k != CREDENTIALS_BLOCK}
+        return {**options, **self._credentials}
 
     # ----- paths -------------------------------------------------------------
     def path(self, rel: str = "") -> str:
@@ -127,7 +157,7 @@ class Store:
         target = self.path(rel)
         if self.is_local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
+            fd, tmp = _temporary_file(target)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
@@ -159,12 +189,12 @@ class Store:
         if self.is_local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if move:
+                os.chmod(local_file, _published_mode())
                 os.replace(local_file, target)
                 return self.uri(rel)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
-            os.close(fd)
+            fd, tmp = _temporary_file(target)
             try:
-                with open(local_file, "rb") as src, open(tmp, "wb") as dst:
+                with os.fdopen(fd, "wb") as dst, open(local_file, "rb") as src:
                     while chunk := src.read(1 << 22):
                         dst.write(chunk)
                 os.replace(tmp, target)
@@ -186,6 +216,67 @@ class Store:
         prefix_len = len(self.path()) + 1
         for path in self.fs.find(self.path(rel)):
             yield _strip_protocol(path)[prefix_len:].replace(os.sep, "/")
+
+
+def _refuse_secrets(storage_options: dict[str, Any]) -> None:
+    """Raise InputError naming the first secret (a key, secret, token, password) in the options."""
+    nested = storage_options.get("client_kwargs") or {}
+    found = [k for k in storage_options if str(k).lower() in SECRET_OPTIONS]
+    found += [f"client_kwargs.{k}" for k in nested if str(k).lower() in SECRET_OPTIONS]
+    if found:
+        raise InputError(
+            f"storage_options {found[0]!r}: credentials must not be given as options (they would be saved in "
+            "flow-run parameters, manifests and blocks). Set them in the environment (AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), or save them as a JSON object in a Prefect Secret block "
+            "(Secret(value={\"key\": ..., \"secret\": ...}).save(\"s3-creds\")) and pass "
+            "storage_options={\"credentials_block\": \"s3-creds\"}")
+
+
+def _credentials_from_block(name: str | None) -> dict[str, Any]:
+    """The fsspec credential options saved in Prefect Secret block ``name`` (none: ``{}``)."""
+    if name is None:
+        return {}
+    from prefect.blocks.system import Secret
+
+    where = f"storage_options {CREDENTIALS_BLOCK!r} {name!r}"
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{where}: expected the name of a Prefect Secret block")
+    try:
+        value = Secret.load(name, _sync=True).get()
+    except ValueError as exc:  # Prefect: "Unable to find block document named ..."
+        raise InputError(f"{where}: no Prefect Secret block of that name ({exc})") from None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if not isinstance(value, dict) or not value:
+        raise InputError(f"{where}: the Secret's value must be a JSON object of fsspec credential options, "
+                         'e.g. {"key": ..., "secret": ...}')
+    return dict(value)
+
+
+def _unpickle_store(root: str, storage_options: dict[str, Any], credentials: dict[str, Any]) -> Store:
+    store = Store.__new__(Store)
+    store._connect(root, storage_options, credentials)
+    return store
+
+
+def _temporary_file(target: str) -> tuple[int, str]:
+    """An open new file next to ``target`` (``.tmp-<random>``) with the published mode; (fd, path)."""
+    tmp = os.path.join(os.path.dirname(target), f".tmp-{uuid.uuid4().hex}")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp  # the kernel applies the umask
+
+
+def _published_mode() -> int:
+    """``0o666 & ~umask``: the mode a newly created file gets."""
+    try:  # Linux >= 4.7 shows the umask without changing it (os.umask would, for every thread)
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _protocols(fs) -> tuple[str, ...]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.evaluate.by_frequency import recall_by_frequency
-from tasks.evaluate.indicators import cumulative_counts_plot, indicators
+from tasks.demo_pool.by_frequency import recall_by_frequency
+from tasks.sample.indicators import cumulative_counts_plot, indicators
 
 # Concept-level long-tail thresholds: an equal-size subset of 4,000 over 100 concepts averages
 # 40 samples per concept, so DataComp-scale thresholds (100, 500) would say "all tail" for all arms.

@@ -7,7 +7,8 @@ Out: in the folder, clip_benchmark-layout sets (see :mod:`tasks.evaluate.eval_se
 - ``concepts/``: zero-shot classification over all 100 concepts, ``per_class`` images each,
   class names = the concepts' canonical names, a few prompt templates;
 - ``retrieval/``: ``per_concept_retrieval`` images per concept, each with 3 English captions
-  drawn from the pool's caption templates (no junk, no boilerplate).
+  drawn from the pool's caption templates (no junk, no boilerplate). No caption and no image
+  occurs twice in the set, so no tie between identical captions or images decides a recall.
 
 Images are rendered like the pool's normal images, from random streams the pool's own images
 never use. Rare concepts get as many images as common ones. Like real web pools, the demo pool
@@ -50,10 +51,27 @@ def classification_image(seed: int, concept_id: int, index: int) -> bytes:
     return _render(concept_id, np.random.default_rng([seed, EVAL_STREAM, concept_id, index]))
 
 
-def _caption(concept_id: int, rng: np.random.Generator) -> str:
-    synonyms = CONCEPTS[concept_id].synonyms
-    name = synonyms[rng.integers(len(synonyms))]
-    return TEMPLATES[rng.integers(len(TEMPLATES))].format(a=_article(name), c=name)
+def _distinct_captions(concept_id: int, count: int, used: set[str], rng: np.random.Generator) -> list[str]:
+    """``count`` captions of the concept, all different and none in ``used`` (which they join)."""
+    options = dict.fromkeys(template.format(a=_article(name), c=name)
+                            for name in CONCEPTS[concept_id].synonyms for template in TEMPLATES)
+    options = [caption for caption in options if caption not in used]
+    if len(options) < count:
+        raise ValueError(f"concept {concept_id}: {count} distinct captions wanted, only {len(options)} exist")
+    chosen = [options[i] for i in rng.permutation(len(options))[:count]]
+    used.update(chosen)
+    return chosen
+
+
+def _distinct_image(concept_id: int, key: list[int], seen: set[bytes]) -> bytes:
+    """An image of the concept whose bytes are not in ``seen`` (which it joins): from the random
+    stream ``key``, or in the unlikely case of a repeat from ``key + [attempt]``."""
+    for attempt in range(100):
+        data = _render(concept_id, np.random.default_rng(key + [attempt] if attempt else key))
+        if data not in seen:
+            seen.add(data)
+            return data
+    raise RuntimeError(f"concept {concept_id}: 100 renders gave no new image")
 
 
 def _write_set(folder: Path, samples: list[dict], shard_size: int = 1000) -> None:
@@ -77,7 +95,7 @@ def generate_eval_sets(folder: str | os.PathLike, seed: int = 0, n_concepts: int
     """Write both sets and the task list (skipped if a complete identical one exists); return the task list path."""
     root = Path(folder)
     config = {"seed": seed, "n_concepts": n_concepts, "per_class": per_class,
-              "per_concept_retrieval": per_concept_retrieval, "version": 1}
+              "per_concept_retrieval": per_concept_retrieval, "version": 2}
     marker = root / "generated.json"
     if marker.exists() and json.loads(marker.read_text()) == config:
         return str(root / "tasklist.yml")
@@ -95,13 +113,14 @@ def generate_eval_sets(folder: str | os.PathLike, seed: int = 0, n_concepts: int
     (root / "concepts" / "classnames.txt").write_text("\n".join(c.name for c in CONCEPTS[:n_concepts]) + "\n")
     (root / "concepts" / "zeroshot_classification_templates.txt").write_text("\n".join(ZEROSHOT_TEMPLATES) + "\n")
 
-    retrieval = []
+    retrieval, used_captions, seen_images = [], set(), set()
     for concept_id in range(n_concepts):
+        captions = _distinct_captions(concept_id, 3 * per_concept_retrieval, used_captions,
+                                      np.random.default_rng([seed, EVAL_STREAM + 3, concept_id]))
         for i in range(per_concept_retrieval):
-            rng = np.random.default_rng([seed, EVAL_STREAM + 2, concept_id, i])
-            captions = "\n".join(_caption(concept_id, rng) for _ in range(3))
-            retrieval.append({"__key__": f"s{len(retrieval):07d}", "jpg": _render(concept_id, rng),
-                              "txt": captions.encode(), "cls": str(concept_id).encode()})
+            image = _distinct_image(concept_id, [seed, EVAL_STREAM + 2, concept_id, i], seen_images)
+            retrieval.append({"__key__": f"s{len(retrieval):07d}", "jpg": image,
+                              "txt": "\n".join(captions[3 * i:3 * i + 3]).encode(), "cls": str(concept_id).encode()})
     _write_set(root / "retrieval", retrieval)
     (root / "retrieval" / "dataset_type.txt").write_text("retrieval\n")
 

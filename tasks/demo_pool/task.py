@@ -1,6 +1,7 @@
-"""Prefect tasks of the demo pool: generate the web root, write the index, check the download.
+"""Prefect tasks of the demo: generate the web root, write the index, and the checks against the truth.
 
-The truth file is read only by :func:`check_download_against_truth`, an evaluation step.
+The checks are thin wrappers over :mod:`tasks.demo_pool.truth_checks` (the only readers of the
+truth file) that publish their tables as artifacts and their reports through the catalog.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from tasks.common.catalog import Catalog, PoolSnapshot
 from tasks.common.dask_cluster import dask_client
+from tasks.common.store import Store
+from tasks.demo_pool import truth_checks
 from tasks.demo_pool.eval_sets import generate_eval_sets
-from tasks.evaluate.by_frequency import recall_by_frequency
-from tasks.evaluate.filter_truth import filter_precision_recall
 from tasks.demo_pool.generate import DemoPoolConfig, generate_demo_pool, pool_index_for
 from tasks.demo_pool.server import DemoWebServer
 
@@ -60,16 +61,9 @@ def start_demo_server(web_root: str, state_file: str, hang_seconds: float = 60.0
 
 
 @task(name="check_download_against_truth")
-def check_download_against_truth(manifest: dict, truth_path: str) -> list[dict]:
-    """Planted failures against what the download reported, per status and reason (an artifact)."""
-    truth = pd.read_parquet(truth_path)
-    reasons = manifest["stats"]["reason_counts"]
-    rows = [{"status": "success", "reason": "(all)", "planted": int((truth["expected_status"] == "success").sum()),
-             "downloaded": int(manifest["rows"].get("success", 0))}]
-    for failure, status in (("http_404", "failed_to_download"), ("timeout", "failed_to_download"),
-                            ("truncated", "failed_to_download"), ("not_an_image", "failed_to_resize")):
-        rows.append({"status": status, "reason": failure, "planted": int((truth["url_failure"] == failure).sum()),
-                     "downloaded": int(reasons.get(status, {}).get(failure, 0))})
+def check_download_against_truth(pool: dict, truth_path: str) -> list[dict]:
+    """Planted failures in the demo pool against the download's report (an artifact)."""
+    rows = truth_checks.download_against_truth(pool, pd.read_parquet(truth_path))
     create_table_artifact(key="demo-download-vs-truth", table=rows,
                           description="Planted URL failures in the demo pool against the download's report.")
     return rows
@@ -82,26 +76,10 @@ def generate_demo_eval_sets_task(folder: str, seed: int) -> str:
 
 
 @task(name="long_tail_report")
-def long_tail_report(results_uri: str, truth_path: str, manifest: dict) -> dict:
-    """Zero-shot recall per concept against the concept's count among the downloaded training samples.
-
-    An evaluation step: it reads the truth file (true concepts) and the shard parquets (which
-    samples were downloaded).
-    """
-    import fsspec
-
-    with fsspec.open(f"{results_uri}/results.jsonl", "r") as handle:
-        lines = [json.loads(line) for line in handle if line.strip()]
-    concepts = next(line for line in reversed(lines) if line["key"] == "demo/concepts")
-    downloaded = set()
-    for shard in manifest["outputs"]["shards"]:
-        with fsspec.open(shard["parquet"], "rb") as handle:
-            meta = pd.read_parquet(handle, columns=["uid", "status"])
-        downloaded.update(meta.loc[meta["status"] == "success", "uid"])
+def long_tail_report(store: Store, evaluation: dict, snapshot: dict, truth_path: str) -> dict:
+    """Zero-shot recall of the model trained on the raw pool, by how often the concept occurs in it."""
     truth = pd.read_parquet(truth_path, columns=["uid", "concept_id"])
-    counts = np.bincount(truth.loc[truth["uid"].isin(downloaded), "concept_id"],
-                         minlength=len(concepts["metrics"]["per_class_recall"]))
-    report = recall_by_frequency(concepts["metrics"]["per_class_recall"], counts)
+    report = truth_checks.long_tail(store, evaluation, PoolSnapshot.from_dict(snapshot), truth)
     create_table_artifact(key="demo-long-tail", table=report["groups"],
                           description="Zero-shot recall of the model trained on the raw pool, by how often "
                                       f"the concept occurs in it (Spearman {report['spearman_count_vs_recall']}).")
@@ -119,15 +97,9 @@ DEMO_FILTERS = {"min_image_side": 48, "clip_score_top_fraction": 0.8, "eval_dedu
 
 
 @task(name="check_filters_against_truth")
-def check_filters_against_truth(filters_manifest: dict, truth_path: str) -> list[dict]:
-    """Precision and recall of each filter against the defects the generator planted (an artifact)."""
-    import fsspec
-
-    frames = []
-    for uri in filters_manifest["outputs"]["decisions"]:
-        with fsspec.open(uri, "rb") as handle:
-            frames.append(pd.read_parquet(handle))
-    rows = filter_precision_recall(pd.concat(frames, ignore_index=True), pd.read_parquet(truth_path))
+def check_filters_against_truth(store: Store, filters: dict, truth_path: str) -> list[dict]:
+    """Precision and recall of each filter against the defects the demo generator planted (an artifact)."""
+    rows = truth_checks.filters_against_truth(store, filters, pd.read_parquet(truth_path))
     create_table_artifact(key="demo-filters-vs-truth", table=rows,
                           description="Each filter against the defects the demo generator planted.")
     return rows
@@ -151,18 +123,9 @@ def demo_trees(kept: int) -> dict[str, dict]:
 
 
 @task(name="check_clusters_against_truth")
-def check_clusters_against_truth(trees: dict[str, dict], truth_path: str, store: str) -> list[dict]:
+def check_clusters_against_truth(store: Store, trees: dict[str, dict], truth_path: str) -> list[dict]:
     """How evenly each tree's top clusters spread over the true concepts (the paper's Fig. 4; an artifact)."""
-    from tasks.common.store import Store
-    from tasks.evaluate.cluster_truth import clusters_per_concept, spread_summary
-
-    the_store = Store(store)
-    truth = pd.read_parquet(truth_path, columns=["uid", "concept"])
-    rows = []
-    for name, tree in trees.items():
-        per_concept = clusters_per_concept(the_store, the_store.relative(tree["folder"]), truth)
-        rows.append({"tree": name, "levels": " / ".join(str(level["k"]) for level in tree["levels"]),
-                     **spread_summary(per_concept)})
+    rows = truth_checks.clusters_against_truth(store, trees, pd.read_parquet(truth_path, columns=["uid", "concept"]))
     create_table_artifact(key="demo-clusters-vs-truth", table=rows,
                           description="Top-level clusters per true concept: a log-log slope near 0 and more "
                                       "concepts with a cluster mean a more even spread.")
@@ -174,31 +137,15 @@ def demo_config(n_samples: int, seed: int) -> dict:
     return asdict(DemoPoolConfig(n_samples=n_samples, seed=seed, min_per_concept=min(12, max(1, n_samples // 400))))
 
 
-def _subset_uids(manifest: dict) -> np.ndarray:
-    import fsspec
-
-    with fsspec.open(manifest["outputs"]["parquet"], "rb") as handle:
-        return pd.read_parquet(handle, columns=["uid"])["uid"].to_numpy()
-
-
-def _pool_uids(store: str, pool_name: str) -> tuple[np.ndarray, np.ndarray]:
-    from tasks.common.store import Store
-    from tasks.sample.pool_samples import pool_samples
-
-    samples = pool_samples(Store(store), pool_name)
-    return samples.uids, samples.uids[samples.frame["kept"].to_numpy(dtype=bool)]
-
-
 @task(name="check_subsets_against_truth")
-def check_subsets_against_truth(subsets: dict[str, dict], truth_path: str, store: str, pool_name: str) -> list[dict]:
+def check_subsets_against_truth(store: Store, snapshot: dict, subsets: dict[str, dict], truth_path: str) -> list[dict]:
     """Indicators over the true concepts for the pool, the filtered pool and every subset (artifact and plot)."""
-    from tasks.common.store import Store
-    from tasks.demo_pool.curation_ab import concept_balance
-
-    pool_uids, kept_uids = _pool_uids(store, pool_name)
+    resolved = PoolSnapshot.from_dict(snapshot)
     truth = pd.read_parquet(truth_path, columns=["uid", "concept_id"])
-    rows, plot = concept_balance({name: _subset_uids(m) for name, m in subsets.items()}, truth, pool_uids, kept_uids)
-    Store(store).write_bytes(f"reports/{pool_name}/subset_concepts.png", plot)
+    rows, plot = truth_checks.subsets_against_truth(store, resolved, subsets, truth)
+    truth_checks.publish_report(Catalog(store), resolved.pool.name, "subset-concepts",
+                                {"subset_concepts.json": rows, "subset_concepts.png": plot},
+                                {"subsets": {name: m["content_hash"] for name, m in subsets.items()}})
     create_table_artifact(key="demo-subsets-vs-concepts", table=rows,
                           description="Indicators over the true concepts: higher normalised entropy, lower "
                                       "ls5 and lower long-tail shares mean a flatter, more balanced subset.")
@@ -206,28 +153,16 @@ def check_subsets_against_truth(subsets: dict[str, dict], truth_path: str, store
 
 
 @task(name="curation_ab_report")
-def curation_ab_report(results: dict[str, dict], balance: list[dict], truth_path: str, store: str,
-                       pool_name: str) -> dict:
-    """The A/B table: each trained arm's accuracies and indicators, and which arm won (artifact and JSON)."""
-    import fsspec
-
-    from tasks.common.store import Store
-    from tasks.demo_pool.curation_ab import ab_rows
-
-    evaluations = {}
-    for name, result in results.items():
-        with fsspec.open(f"{result['results']}/results.jsonl", "r") as handle:
-            lines = [json.loads(line) for line in handle if line.strip()]
-        evaluations[name] = {"summary": result["eval"],
-                             "concepts": next(line for line in reversed(lines) if line["key"] == "demo/concepts")}
-    pool_uids, _ = _pool_uids(store, pool_name)
+def curation_ab_report(store: Store, snapshot: dict, evaluations: dict[str, dict], balance: list[dict],
+                       truth_path: str) -> dict:
+    """The A/B table: each trained arm's accuracies and indicators, and which arm won (artifact and report)."""
+    resolved = PoolSnapshot.from_dict(snapshot)
     truth = pd.read_parquet(truth_path, columns=["uid", "concept_id"])
-    counts = np.bincount(truth.loc[truth["uid"].isin(pool_uids), "concept_id"],
-                         minlength=int(truth["concept_id"].max()) + 1)
-    rows, winner = ab_rows(evaluations, balance, counts)
-    report = {"arms": rows, "winner_by_acc1": winner}
-    Store(store).write_json(f"reports/{pool_name}/curation_ab.json", report)
-    create_table_artifact(key="demo-curation-ab", table=rows,
-                          description=f"Equal-size subsets, tiny CLIP at equal samples seen. Best acc@1: {winner}.")
-    get_run_logger().info("curation A/B: best zero-shot accuracy with %s", winner)
+    report = truth_checks.curation_ab(store, evaluations, balance, resolved, truth)
+    truth_checks.publish_report(Catalog(store), resolved.pool.name, "curation-ab", {"curation_ab.json": report},
+                                {"evaluations": {name: m["content_hash"] for name, m in evaluations.items()}})
+    create_table_artifact(key="demo-curation-ab", table=report["arms"],
+                          description=f"Equal-size subsets, tiny CLIP at equal samples seen. "
+                                      f"Best acc@1: {report['winner_by_acc1']}.")
+    get_run_logger().info("curation A/B: best zero-shot accuracy with %s", report["winner_by_acc1"])
     return report

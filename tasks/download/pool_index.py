@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import fsspec
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.common.errors import InputError
@@ -42,7 +43,7 @@ def list_index_files(uri: str, storage_options: dict | None = None) -> list[str]
     try:
         is_dir = fs.isdir(path)
         exists = is_dir or fs.exists(path)
-    except Exception as exc:  # noqa: BLE001
+    except (PermissionError, ValueError) as exc:  # the user's URI or rights; other errors (network) are retried
         raise InputError(f"pool_index {uri!r}: cannot be read: {type(exc).__name__}: {exc}") from exc
     if not exists:
         raise InputError(f"pool_index {uri!r}: no such file or folder")
@@ -61,7 +62,7 @@ def read_pool_index(uri: str, storage_options: dict | None = None) -> pd.DataFra
         try:
             with fsspec.open(file, "rb", **(storage_options or {})) as handle:
                 table = pq.read_table(handle)
-        except Exception as exc:  # noqa: BLE001
+        except (pa.ArrowInvalid, PermissionError, FileNotFoundError) as exc:  # network errors are retried
             raise InputError(f"pool_index file {file!r} is not a readable parquet file: {exc}") from exc
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:

@@ -2,16 +2,17 @@
 
 In:  a :class:`~tasks.download.pool_index.SlicePlan`, its rows (a data frame), a
      :class:`DownloadConfig` and the store.
-Out: in the store, ``pools/<pool>/slices/<index>-<key>/`` with img2dataset's webdataset shards
+Out: in the slice's folder (:meth:`Catalog.slice_folder`) img2dataset's webdataset shards
      (``NNNNN.tar``, ``NNNNN.parquet`` holding every sample with its status and error,
-     ``NNNNN_stats.json``) and, written last, ``_SUCCESS.json``: the :class:`SliceResult`.
-     A slice folder without ``_SUCCESS.json`` is unfinished and nothing reads it.
+     ``NNNNN_stats.json``) and, written last, the slice's manifest: its shards, each with the
+     ``shard_id`` minted here (:func:`~tasks.common.catalog.shard_id`), and its counts by status
+     and failure reason. A slice folder without a manifest is unfinished and nothing reads it.
 
 How a crash is survived: img2dataset runs as a child process writing into a local staging
 folder in its ``incremental`` mode, so a rerun skips the shards that have their stats file and
 redoes only the rest. The slice is checked (every input uid exactly once; tar members agree
 with the parquet), then each file is moved (local store) or uploaded (object store) to the
-slice folder, then the marker is written. A rerun finds the marker and does nothing. The
+slice folder, then the manifest is written. A rerun finds the manifest and does nothing. The
 slice folder name holds the cache key, so different inputs or configs never share a folder.
 """
 
@@ -21,10 +22,7 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import tarfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -32,10 +30,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from tasks.common.catalog import Catalog, shard_id
 from tasks.common.errors import InputError, StageFailed
 from tasks.common.hashing import code_version, hash_json
-from tasks.common.process import die_with_parent
+from tasks.common.manifest import Manifest
+from tasks.common.process import log_tail, run_child
 from tasks.common.store import Store
+from tasks.common.webdataset import count_samples
 from tasks.download.pool_index import SlicePlan, passthrough_columns
 from tasks.download.report import classify_error
 
@@ -85,7 +86,7 @@ class DownloadConfig:
         return config
 
 
-STAGE_VERSION = 1  # bump when a change alters the shards or the slice result
+STAGE_VERSION = 2  # bump when a change alters the shards or the slice manifest
 
 
 def stage_code_version() -> str:
@@ -97,12 +98,12 @@ def slice_key(plan: SlicePlan, config: DownloadConfig) -> str:
     return hash_json({"rows": plan.content_hash, "config": config.output_config(), "code": stage_code_version()})
 
 
-def slice_folder(plan: SlicePlan, config: DownloadConfig) -> str:
-    return f"pools/{plan.pool}/slices/{plan.index:05d}-{slice_key(plan, config)[:16]}"
+def slice_folder(catalog: Catalog, plan: SlicePlan, config: DownloadConfig) -> str:
+    return catalog.slice_folder(plan.pool, plan.index, slice_key(plan, config))
 
 
-def slice_input_path(plan: SlicePlan) -> str:
-    return f"pools/{plan.pool}/inputs/{plan.index:05d}-{plan.content_hash[:16]}.parquet"
+def slice_input_path(catalog: Catalog, plan: SlicePlan) -> str:
+    return catalog.slice_input(plan.pool, plan.index, plan.content_hash)
 
 
 @dataclass
@@ -116,43 +117,52 @@ class SliceResult:
     reason_counts: dict[str, dict[str, int]]
     shards: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    rows_hash: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_manifest(self, store: Store, config: DownloadConfig) -> Manifest:
+        """The slice's manifest: its shards (URIs, ids, counts) and its counts by status and reason."""
+        shards = [dict(shard, tar=store.uri(shard["tar"]), parquet=store.uri(shard["parquet"]))
+                  for shard in self.shards]
+        return Manifest(
+            stage="download_slice", name=f"{self.pool}/{self.index:05d}", store=store.root,
+            config=config.output_config(), code_version=stage_code_version(),
+            inputs={"rows": self.rows_hash, "n_rows": self.n_rows},
+            outputs={"folder": store.uri(self.folder), "shards": shards},
+            rows={"input": self.n_rows, **self.status_counts},
+            stats={"index": self.index, "key": self.key, "status_counts": self.status_counts,
+                   "reason_counts": self.reason_counts, "seconds": self.seconds})
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "SliceResult":
-        return cls(**data)
 
-
-def staging_dir(store: Store, plan: SlicePlan, config: DownloadConfig) -> Path:
+def staging_dir(catalog: Catalog, plan: SlicePlan, config: DownloadConfig) -> Path:
     """Where img2dataset writes before publishing (see :meth:`Store.staging_path`)."""
-    return store.staging_path(slice_folder(plan, config).split("/", 1)[1])
+    return catalog.store.staging_path(slice_folder(catalog, plan, config).split("/", 1)[1])
 
 
-def write_slice_input(store: Store, plan: SlicePlan, rows: pd.DataFrame) -> str:
+def write_slice_input(catalog: Catalog, plan: SlicePlan, rows: pd.DataFrame) -> str:
     """Store the rows of a slice (content-addressed, so an existing file is already right)."""
-    path = slice_input_path(plan)
-    if not store.exists(path):
-        store.write_bytes(path, rows.to_parquet(index=False))
+    path = slice_input_path(catalog, plan)
+    if not catalog.store.exists(path):
+        catalog.store.write_bytes(path, rows.to_parquet(index=False))
     return path
 
 
-def download_slice(store: Store, plan: SlicePlan, config: DownloadConfig, log=print) -> SliceResult:
-    """Download, verify and publish one slice; return its result (from the marker if already done).
+def download_slice(catalog: Catalog, plan: SlicePlan, config: DownloadConfig, log=print) -> dict:
+    """Download, verify and publish one slice; return its manifest (the existing one if already done).
 
     The slice's rows are read from :func:`slice_input_path` (written by :func:`write_slice_input`).
     """
-    folder = slice_folder(plan, config)
-    marker = f"{folder}/_SUCCESS.json"
-    if store.exists(marker):
-        return SliceResult.from_dict(store.read_json(marker))
-    with store.open(slice_input_path(plan)) as handle:
+    store = catalog.store
+    folder = slice_folder(catalog, plan, config)
+    done = catalog.finished(folder, log)
+    if done is not None:
+        return done
+    with store.open(slice_input_path(catalog, plan)) as handle:
         rows = pd.read_parquet(handle)
     if len(rows) != plan.n_rows:
-        raise InputError(f"slice {plan.index}: expected {plan.n_rows} rows, got {len(rows)}")
+        raise StageFailed(f"slice {plan.index}: {store.uri(slice_input_path(catalog, plan))} holds {len(rows)} rows, "
+                          f"its plan {plan.n_rows}; the stored slice input is damaged")
     started = time.monotonic()
-    staging = staging_dir(store, plan, config)
+    staging = staging_dir(catalog, plan, config)
     output = staging / "shards"
     output.mkdir(parents=True, exist_ok=True)
     input_file = staging / "input.parquet"
@@ -167,9 +177,9 @@ def download_slice(store: Store, plan: SlicePlan, config: DownloadConfig, log=pr
         if not name.startswith("_") or name.endswith("_stats.json"):
             store.put_file(output / name, f"{folder}/{name}", move=True)
     result.seconds = round(time.monotonic() - started, 3)
-    store.write_json(marker, result.to_dict())
+    manifest = catalog.publish(folder, result.to_manifest(store, config))
     shutil.rmtree(staging, ignore_errors=True)
-    return result
+    return manifest
 
 
 def _img2dataset_argv(input_file: Path, output: Path, columns: list[str], config: DownloadConfig) -> list[str]:
@@ -189,43 +199,17 @@ def _img2dataset_argv(input_file: Path, output: Path, columns: list[str], config
     return [sys.executable, "-c", code] + [f"--{k}={v}" for k, v in options.items()]
 
 
-def _stop_stale_run(pid_file: Path, log) -> None:
-    """Kill what is left of an earlier, interrupted img2dataset run of this slice (its process group)."""
-    if not pid_file.exists():
-        return
-    try:
-        pgid = int(pid_file.read_text().strip())
-        os.killpg(pgid, signal.SIGKILL)
-        log(f"stopped the leftover processes of an interrupted download (process group {pgid})")
-        time.sleep(0.5)
-    except (ValueError, ProcessLookupError, PermissionError):
-        pass
-    pid_file.unlink(missing_ok=True)
-
-
 def _run_img2dataset(input_file: Path, output: Path, staging: Path, columns: list[str],
                      config: DownloadConfig, log) -> None:
-    pid_file = staging / "img2dataset.pgid"
-    _stop_stale_run(pid_file, log)
+    """Run img2dataset as a child process group (its pool workers included); a leftover of an
+    interrupted run of this slice is killed first (see :func:`tasks.common.process.run_child`)."""
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
     log_path = staging / "img2dataset.log"
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(_img2dataset_argv(input_file, output, columns, config), stdout=log_file,
-                                   stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                   preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
-        pid_file.write_text(str(process.pid))
-        try:
-            returncode = process.wait()
-        finally:
-            # img2dataset's pool workers share its process group; none may outlive it.
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            pid_file.unlink(missing_ok=True)
+    returncode = run_child(_img2dataset_argv(input_file, output, columns, config), log_path,
+                           staging / "img2dataset.pgid", env=env, log=log)
     if returncode != 0:
-        tail = log_path.read_text(errors="replace")[-2000:]
-        raise StageFailed(f"img2dataset exited with status {returncode} on {input_file}; log {log_path}:\n{tail}")
+        raise StageFailed(f"img2dataset exited with status {returncode} on {input_file}; log {log_path}:\n"
+                          f"{log_tail(log_path, 2000)}")
 
 
 def _expected_shards(n_rows: int, shard_size: int) -> list[int]:
@@ -240,20 +224,16 @@ def _verify(plan: SlicePlan, rows: pd.DataFrame, output: Path, folder: str, conf
         raise StageFailed(f"slice {plan.index}: img2dataset did not finish shards {missing} in {output}; "
                           "a retry resumes them")
     frames, shards = [], []
-    extension = "." + config.encode_format
     for shard in _expected_shards(plan.n_rows, config.shard_size):
         name = f"{shard:05d}"
         meta = pd.read_parquet(output / f"{name}.parquet")
-        with tarfile.open(output / f"{name}.tar") as tar:
-            images = sum(1 for member in tar if member.name.endswith(extension))
         n_success = int((meta["status"] == "success").sum())
-        if images != n_success:
-            raise StageFailed(f"slice {plan.index}: shard {output / name}.tar holds {images} images but its "
-                              f"parquet says {n_success} succeeded")
+        count_samples(str(output / f"{name}.tar"), expected=n_success)
         shards.append({
+            "shard_id": shard_id(plan.index, slice_key(plan, config), shard),
             "tar": f"{folder}/{name}.tar", "parquet": f"{folder}/{name}.parquet",
             "n_rows": int(len(meta)), "n_success": n_success,
-            "parquet_sha256": hashlib.sha256((output / f"{name}.parquet").read_bytes()).hexdigest(),
+            "content_hash": hashlib.sha256((output / f"{name}.parquet").read_bytes()).hexdigest(),
         })
         frames.append(meta[["uid", "status", "error_message"]])
     meta = pd.concat(frames, ignore_index=True)
@@ -271,5 +251,5 @@ def _verify(plan: SlicePlan, rows: pd.DataFrame, output: Path, folder: str, conf
         pool=plan.pool, index=plan.index, key=slice_key(plan, config), folder=folder, n_rows=plan.n_rows,
         status_counts={k: int(v) for k, v in meta["status"].value_counts().sort_index().items()},
         reason_counts={s: {r: int(c) for r, c in d.items()} for s, d in reason_counts.items()},
-        shards=shards,
+        shards=shards, rows_hash=plan.content_hash,
     )

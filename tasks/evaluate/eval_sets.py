@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import posixpath
-import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -29,6 +28,7 @@ import yaml
 from PIL import Image
 
 from tasks.common.errors import InputError
+from tasks.common import webdataset
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 TASK_TYPES = ("zeroshot_classification", "retrieval", "unsupported")
@@ -131,24 +131,14 @@ def open_eval_set(task: EvalTask) -> EvalSet:
 
 
 def iter_samples(eval_set: EvalSet) -> Iterator[tuple[Image.Image, object]]:
-    """(RGB image, class index) or (RGB image, list of captions), in shard order."""
+    """(RGB image, class index) or (RGB image, list of captions), in shard order.
+
+    A damaged shard raises :class:`~tasks.common.errors.StageFailed` naming it (see
+    :mod:`tasks.common.webdataset`); these sets record no sample count to check against.
+    """
     for shard in eval_set.shards:
-        with fsspec.open(shard, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
-            sample: dict[str, bytes] = {}
-            key = None
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, filename = member.name.rpartition("/")
-                stem, _, ext = filename.partition(".")  # webdataset: the key ends at the first dot
-                base = f"{folder}/{stem}"
-                if base != key and sample:
-                    yield _decode(sample, eval_set, shard)
-                    sample = {}
-                key = base
-                sample[ext.lower()] = tar.extractfile(member).read()
-            if sample:
-                yield _decode(sample, eval_set, shard)
+        for _, files in webdataset.iter_samples(shard):
+            yield _decode({ext.lower(): data for ext, data in files.items()}, eval_set, shard)
 
 
 def _decode(sample: dict[str, bytes], eval_set: EvalSet, shard: str):

@@ -1,9 +1,12 @@
 """Evaluate one checkpoint on a task list; one result line per task; finished tasks are skipped.
 
-In:  the store, a model name and checkpoint, a task list, and where the results go in the store.
+In:  the store, a model name and checkpoint, a task list, and where the results go in the store;
+     for :func:`evaluate_training_run`, the catalog, a training run's manifest and a run name.
 Out: ``<results>/results.jsonl`` (one JSON object per task: key, name, type, main metric,
      metrics, checkpoint), rewritten atomically after each task so a crash loses at most the
-     task in progress, and ``<results>/summary.json`` with the aggregate table.
+     task in progress, and ``<results>/summary.json`` with the aggregate table;
+     :func:`evaluate_training_run` writes them into the evaluation folder the catalog gives
+     (keyed by the training manifest and the task list's content) and, last, the stage's manifest.
 """
 
 from __future__ import annotations
@@ -13,7 +16,12 @@ import time
 
 import numpy as np
 
-from tasks.common.hashing import hash_json
+import fsspec
+
+from tasks.common.catalog import Catalog
+from tasks.common.errors import InputError
+from tasks.common.hashing import code_version, hash_json
+from tasks.common.manifest import Manifest
 from tasks.common.store import Store
 from tasks.evaluate.eval_sets import EvalTask, iter_samples, open_eval_set, read_tasklist
 from tasks.evaluate.metrics import class_embeddings, retrieval, zeroshot_classification
@@ -66,7 +74,7 @@ def evaluate_checkpoint(store: Store, model: str, checkpoint: str, tasklist: str
         if (task.key, identity) in done:
             log(f"evaluation {task.key}: already in {results}/results.jsonl, skipped")
             continue
-        embedder = embedder or ClipEmbedder(model, checkpoint)
+        embedder = embedder or ClipEmbedder(model, checkpoint, storage_options=store.fsspec_options())
         started = time.monotonic()
         metrics = run_task(embedder, task)
         lines.append({"key": task.key, "dataset": task.name, "type": task.type, "main_metric": task.main_metric,
@@ -85,3 +93,43 @@ def evaluate_checkpoint(store: Store, model: str, checkpoint: str, tasklist: str
     }
     store.write_json(f"{results}/summary.json", summary)
     return summary
+
+
+EVALUATE_VERSION = 2  # bump when a change alters the metrics
+
+
+def stage_code_version() -> str:
+    return code_version("evaluate", EVALUATE_VERSION, ("open_clip_torch", "torch"))
+
+
+def tasklist_content_hash(tasklist: str) -> str:
+    try:
+        with fsspec.open(tasklist, "rb") as handle:
+            return hash_json(handle.read().decode())
+    except FileNotFoundError as exc:
+        raise InputError(f"tasklist {tasklist}: no such file") from exc
+
+
+def evaluation_folder(catalog: Catalog, training: dict, tasklist: str, run_name: str) -> str:
+    key = hash_json({"training": training["content_hash"], "tasklist": tasklist_content_hash(tasklist),
+                     "code": stage_code_version()})
+    return catalog.evaluation_folder(run_name, key)
+
+
+def evaluate_training_run(catalog: Catalog, training: dict, tasklist: str, run_name: str, log=print) -> dict:
+    """Evaluate a training run's final checkpoint on ``tasklist``; returns the evaluation's manifest."""
+    folder = evaluation_folder(catalog, training, tasklist, run_name)
+    done = catalog.finished(folder, log)
+    if done is not None:
+        return done
+    store = catalog.store
+    model, checkpoint = training["config"]["model"], training["outputs"]["checkpoint"]
+    summary = evaluate_checkpoint(store, model, checkpoint, tasklist, folder, log=log)
+    manifest = Manifest(
+        stage="evaluate", name=run_name, store=store.root, config={"tasklist": tasklist, "model": model},
+        code_version=stage_code_version(),
+        inputs={"training": training["content_hash"], "tasklist": tasklist_content_hash(tasklist)},
+        outputs={"folder": store.uri(folder), "results": store.uri(f"{folder}/results.jsonl"),
+                 "summary": store.uri(f"{folder}/summary.json")},
+        rows={"tasks": len(summary["tasks"])}, stats=summary)
+    return catalog.publish(folder, manifest)

@@ -1,42 +1,33 @@
-"""Prefect tasks of the evaluation stage: thin wrappers over :mod:`tasks.evaluate.runner`."""
+"""Prefect task of the evaluation stage: a thin wrapper over :func:`tasks.evaluate.runner.evaluate_training_run`.
+
+Cached by the training run's manifest and the task list's content; the results table is an artifact.
+"""
 
 from __future__ import annotations
 
-import fsspec
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from tasks.common.hashing import code_version, hash_json
-from tasks.common.prefect_support import RETRY_DELAYS, retry_unless_input_error, store_from
-from tasks.evaluate.runner import evaluate_checkpoint
-
-
-EVALUATE_VERSION = 1  # bump when a change alters the metrics
-
-
-def _tasklist_hash(tasklist: str) -> str:
-    with fsspec.open(tasklist, "rb") as handle:
-        return hash_json(handle.read().decode())
+from tasks.common.catalog import Catalog
+from tasks.common.prefect_support import RETRY_DELAYS, artifact_key, retry_unless_input_error, validated_cache_key
+from tasks.common.store import Store
+from tasks.evaluate.runner import evaluate_training_run, evaluation_folder
 
 
 def _eval_cache_key(context, parameters) -> str:
-    return "evaluate-" + hash_json({
-        "model": parameters["model"], "checkpoint": parameters["checkpoint"],
-        "tasklist": _tasklist_hash(parameters["tasklist"]), "results": parameters["results"],
-        "code": code_version("evaluate", EVALUATE_VERSION, ("open_clip_torch", "torch")),
-    })
+    catalog = Catalog(parameters["store"])
+    folder = evaluation_folder(catalog, parameters["training"], parameters["tasklist"], parameters["run_name"])
+    return validated_cache_key(catalog, "evaluate-" + folder.replace("/", "-"), folder)
 
 
 @task(name="evaluate_checkpoint", retries=1, retry_delay_seconds=RETRY_DELAYS[:1],
       retry_condition_fn=retry_unless_input_error, cache_key_fn=_eval_cache_key)
-def evaluate_checkpoint_task(store: str, model: str, checkpoint: str, tasklist: str, results: str,
-                             storage_options: dict | None = None) -> dict:
-    logger = get_run_logger()
-    summary = evaluate_checkpoint(store_from(store, storage_options), model, checkpoint, tasklist, results,
-                                  log=logger.info)
+def evaluate_task(store: Store, training: dict, tasklist: str, run_name: str) -> dict:
+    manifest = evaluate_training_run(Catalog(store), training, tasklist, run_name, log=get_run_logger().info)
+    summary = manifest["stats"]
     rows = [{"task": t["key"], "dataset": t["dataset"], "metric": t["main_metric"], "score": t["score"],
              "random": t["random_score"]} for t in summary["tasks"]]
     rows.append({"task": "average", "dataset": "", "metric": "", "score": summary["average"], "random": None})
-    create_table_artifact(key="evaluation-" + results.rsplit("/", 1)[-1].lower().replace("_", "-")[:50], table=rows,
-                          description=f"Evaluation of `{checkpoint}` ({model})")
-    return summary
+    create_table_artifact(key=artifact_key("evaluation", run_name), table=rows,
+                          description=f"Evaluation of `{summary['checkpoint']}` ({summary['model']})")
+    return manifest

@@ -13,7 +13,7 @@ recall at 0.98 with twice the precision.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from tasks.common.errors import InputError
 
@@ -42,7 +42,6 @@ class FilterConfig:
     clip_score_top_fraction: float | None = None
     semdedup_threshold: float | None = None  # cosine above which two images are semantic duplicates; None: off
     semdedup_clusters: int = 0    # k-means clusters for SemDeDup; 0: one per 1,000 samples
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.min_words < 0 or self.min_chars < 0 or self.min_image_side < 0:

@@ -1,56 +1,61 @@
-"""Where an embed-and-filter run of a pool writes, and the manifests that describe it.
+"""Plan an embed-and-filter run of a pool: check its inputs and name its folders.
 
-In:  the pool manifest, an embedder spec, a filter config (and the evaluation task list's bytes).
-Out: :func:`plan_folders`: the embeddings folder (one per pool and embedder) and the filter run
-     folder (one per pool, embedder, filter config and evaluation sets); :func:`stage_manifests`:
-     the :class:`~tasks.common.manifest.Manifest` of each.
+In:  the catalog, the pool's record, an embedder spec and filter settings (as given by the user).
+Out: :func:`plan_embed_filter`: the checked spec and config, the hash of the evaluation task
+     list, the embedding folder (one per pool and embedder) and the evaluation embeddings' file;
+     :func:`filter_folder`: the filter run's folder, keyed by the embedding run's manifest, the
+     config and the evaluation sets, so a different input never shares a run's folder.
 """
 
 from __future__ import annotations
 
-from tasks.common.hashing import code_version, hash_json
-from tasks.common.manifest import Manifest
-from tasks.embed.run import EMBED_VERSION
+import fsspec
+
+from tasks.common.catalog import Catalog, PoolRecord
+from tasks.common.errors import InputError
+from tasks.common.hashing import hash_json
 from tasks.embed.spec import EmbedderSpec
 from tasks.filters.config import FilterConfig
 from tasks.filters.run import FILTER_VERSION
+from tasks.train.launch import known_models
 
 
-def plan_folders(pool_manifest: dict, spec: EmbedderSpec, config: FilterConfig, tasklist_hash: str) -> dict:
-    pool = pool_manifest["name"]
-    embeddings = f"embeddings/{pool}/{spec.key}"
-    filter_key = hash_json({"pool": pool_manifest["content_hash"], "embedder": spec.key, "config": config.to_dict(),
-                            "eval": tasklist_hash, "version": FILTER_VERSION})[:16]
-    return {"embeddings": embeddings, "filters": f"filters/{pool}/{filter_key}",
-            "eval_embeddings": f"{embeddings}/eval-{tasklist_hash[:16]}.img.npy" if config.eval_tasklist else None}
+def check_embedder(spec: EmbedderSpec, storage_options: dict | None = None) -> None:
+    """The model is an open_clip config and a checkpoint file exists, before any shard is read."""
+    spec.validate()
+    if spec.model not in known_models():
+        raise InputError(f"embedder model {spec.model!r}: not an open_clip model config")
+    if "/" in spec.checkpoint:  # a file, not a pretrained tag
+        fs, path = fsspec.core.url_to_fs(spec.checkpoint, **(storage_options or {}))
+        if not fs.exists(path):
+            raise InputError(f"embedder checkpoint {spec.checkpoint}: no such file")
 
 
-def stage_manifests(store_root: str, pool_manifest: dict, spec: EmbedderSpec, config: FilterConfig, folders: dict,
-                    shards: list[dict], report: dict) -> tuple[Manifest, Manifest]:
-    pool = pool_manifest["name"]
-    base = store_root.rstrip("/")
-    embedded = Manifest(
-        stage="embed", name=pool, store=store_root, config=spec.to_dict(),
-        code_version=code_version("embed", EMBED_VERSION, ("open_clip_torch", "torch")),
-        inputs={"pool_manifest": pool_manifest["content_hash"]},
-        outputs={"shards": [{"name": s["name"], "parquet": f"{base}/{s['parquet']}",
-                             "image_embeddings": f"{base}/{s['parquet'].removesuffix('.parquet')}.img.npy",
-                             "text_embeddings": f"{base}/{s['parquet'].removesuffix('.parquet')}.txt.npy",
-                             "caption_embeddings": (f"{base}/{s['parquet'].removesuffix('.parquet')}.cap.npy"
-                                                    if spec.caption_model else None),
-                             "rows": s["rows"]} for s in shards]},
-        rows={"samples": sum(s["rows"] for s in shards), "embedded": sum(s["embedded"] for s in shards)},
-        stats={"not_embedded": {k: sum(s["reasons"].get(k, 0) for s in shards)
-                                for k in sorted({r for s in shards for r in s["reasons"]})}},
-    )
-    filtered = Manifest(
-        stage="filter", name=pool, store=store_root, config=config.to_dict(),
-        code_version=code_version("filter", FILTER_VERSION),
-        inputs={"embeddings": embedded.content_hash, "pool_manifest": pool_manifest["content_hash"]},
-        outputs={"decisions": [f"{base}/{folders['filters']}/decisions/{s['name']}.parquet" for s in shards],
-                 "report": f"{base}/{folders['filters']}/report.json",
-                 "plot": f"{base}/{folders['filters']}/report.png"},
-        rows={"samples": report["samples"], "kept": report["kept"]},
-        stats={"removed_by": report["removed_by"], "skipped": report["skipped"]},
-    )
-    return embedded, filtered
+def tasklist_hash(config: FilterConfig) -> str:
+    """The content hash of the evaluation task list ("" without one)."""
+    if not config.eval_tasklist:
+        return ""
+    try:
+        with fsspec.open(config.eval_tasklist, "rb") as handle:
+            return hash_json(handle.read().decode())
+    except FileNotFoundError as exc:
+        raise InputError(f"filters eval_tasklist {config.eval_tasklist}: no such file") from exc
+
+
+def plan_embed_filter(catalog: Catalog, pool: PoolRecord, embedder: dict, filters: dict | None) -> dict:
+    """Check the inputs; return the spec, config, folders and the shards to embed (those with samples)."""
+    spec = EmbedderSpec(**embedder)
+    check_embedder(spec, catalog.store.fsspec_options() if "://" in spec.checkpoint else None)
+    config = FilterConfig.from_dict(filters)
+    eval_hash = tasklist_hash(config)
+    embeddings = catalog.embedding_folder(pool.name, spec.key)
+    return {"pool": pool.manifest, "spec": spec.to_dict(), "config": config.to_dict(), "tasklist_hash": eval_hash,
+            "embeddings": embeddings,
+            "eval_embeddings": catalog.eval_embeddings(embeddings, eval_hash) if config.eval_tasklist else None,
+            "shards": [shard.to_dict() for shard in pool.shards_with_samples]}
+
+
+def filter_folder(catalog: Catalog, plan: dict, embeddings_manifest: dict) -> str:
+    key = hash_json({"embeddings": embeddings_manifest["content_hash"], "config": plan["config"],
+                     "eval": plan["tasklist_hash"], "version": FILTER_VERSION})
+    return catalog.filter_folder(plan["pool"]["name"], key)

@@ -1,15 +1,18 @@
-"""Run the filters over an embedded pool: row-wise per shard, then pool-wide, then the report.
+"""Run the filters over an embedded pool: row-wise per shard, then pool-wide, then the report and manifest.
 
-In:  the store, the per-shard embedding outputs (:mod:`tasks.embed.run`), a
-     :class:`~tasks.filters.config.FilterConfig`, and optionally the evaluation images' embeddings.
-Out, under the run folder ``filters/<pool>/<key>/``:
+In:  the catalog, the embedding run (:class:`~tasks.common.catalog.EmbeddingRun`: per shard id its
+     table and image embeddings), a :class:`~tasks.filters.config.FilterConfig`, the run's folder
+     (:meth:`~tasks.common.catalog.Catalog.filter_folder`) and optionally the evaluation images'
+     embeddings.
+Out, in the run folder, through the catalog's paths:
 
-- ``rows/<shard>.parquet``: the row-wise decisions of one shard (basic, NSFW text and image,
-  eval-set dedup) with the columns the pool-wide filters need;
-- ``decisions/<shard>.parquet``: every sample of the shard, row-aligned with its embeddings, with
-  ``keep_<filter>`` and ``reason_<filter>`` for every filter that ran and the overall ``keep``;
-- ``report.json`` and ``report.png``: samples removed per filter and reason, and how the filters
-  overlap. Filters that did not run are listed as skipped, with why.
+- per shard, the row-wise decisions (basic, NSFW text and image, eval-set dedup) with the columns
+  the pool-wide filters need;
+- per shard, the decisions: every sample, row-aligned with its embeddings, with ``keep_<filter>``
+  and ``reason_<filter>`` for every filter that ran and the overall ``keep``;
+- the report (JSON and plot): samples removed per filter and reason, and how the filters overlap.
+  Filters that did not run are listed as skipped, with why;
+- last, the stage's manifest: the decisions by shard id, the report, counts.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.common.errors import InputError
+from tasks.common.catalog import Catalog, EmbeddedShard, EmbeddingRun
+from tasks.common.hashing import code_version
+from tasks.common.manifest import Manifest
 from tasks.common.plots import png_bytes, subplots
 from tasks.common.store import Store
 from tasks.filters.basic import basic_decisions
@@ -29,21 +34,23 @@ from tasks.filters.eval_dedup import eval_dedup_decisions
 from tasks.filters.nsfw import load_image_head, nsfw_image_decisions, nsfw_text_decisions
 from tasks.filters.semdedup import semantic_duplicates
 
-FILTER_VERSION = 3  # bump when a change alters the decisions
+FILTER_VERSION = 4  # bump when a change alters the decisions
 CARRIED = ["uid", "key", "text", "clip_score", "embed_ok", "embed_reason", "phash", "thumb", "sha256", "width",
            "height", "original_width", "original_height"]
 
 
-def rowwise_filters(store: Store, embed_parquet: str, config: FilterConfig, out_folder: str,
+def stage_code_version() -> str:
+    return code_version("filter", FILTER_VERSION)
+
+
+def rowwise_filters(store: Store, shard: EmbeddedShard, config: FilterConfig, target: str,
                     eval_embeddings: str | None = None) -> str:
-    """Row-wise decisions of one embedded shard; returns the rows file (skips work already done)."""
-    name = embed_parquet.rsplit("/", 1)[-1].removesuffix(".parquet")
-    target = f"{out_folder}/rows/{name}.parquet"
+    """Row-wise decisions of one embedded shard into ``target``; returns it (skips work already done)."""
     if store.exists(target):
         return target
-    with store.open(embed_parquet) as handle:
+    with store.open(store.relative(shard.parquet)) as handle:
         table = pd.read_parquet(handle)
-    images = store.read_npy(embed_parquet.removesuffix(".parquet") + ".img.npy").astype(np.float32)
+    images = store.read_npy(store.relative(shard.image_embeddings)).astype(np.float32)
     parts = [table[CARRIED], basic_decisions(table, config), nsfw_text_decisions(table["text"], config)]
     head = load_image_head(config.nsfw_image_head) if config.nsfw_image_head else None
     image_nsfw = nsfw_image_decisions(images, table.index, config, head, table["embed_ok"].to_numpy())
@@ -60,20 +67,24 @@ def filter_names(frame: pd.DataFrame) -> list[str]:
     return [c.removeprefix("keep_") for c in frame.columns if c.startswith("keep_")]
 
 
-def poolwide_filters(store: Store, rows_files: list[str], config: FilterConfig, out_folder: str,
-                     embeddings_folder: str = "") -> dict:
-    """Dedup, SemDeDup and CLIP score over the whole pool, the overall decision per sample, and the report.
+def poolwide_filters(catalog: Catalog, embeddings: EmbeddingRun, rows_files: dict[str, str], config: FilterConfig,
+                     folder: str, inputs: dict) -> dict:
+    """Dedup, SemDeDup and CLIP score over the whole pool, the overall decision per sample, the report,
+    and last the stage's manifest (returned; the existing one when this run finished before).
 
-    SemDeDup reads the image embeddings of every shard (``<embeddings_folder>/<shard>.img.npy``)
-    into this process: float16, so 1M samples of a 768-d model take 1.5 GB.
+    ``rows_files`` maps every shard id to its row-wise decisions; ``inputs`` are the content hashes
+    recorded in the manifest. SemDeDup reads the image embeddings of every shard into this
+    process: float16, so 1M samples of a 768-d model take 1.5 GB.
     """
-    if store.exists(f"{out_folder}/report.json") and store.exists(f"{out_folder}/report.png"):
-        return store.read_json(f"{out_folder}/report.json")  # this exact run finished before
+    store = catalog.store
+    done = catalog.finished(folder)
+    if done is not None:
+        return done
     frames = []
-    for rows_file in rows_files:
+    for shard_id, rows_file in rows_files.items():
         with store.open(rows_file) as handle:
             frame = pd.read_parquet(handle)
-        frame["_shard"] = rows_file.rsplit("/", 1)[-1].removesuffix(".parquet")
+        frame["_shard"] = shard_id
         frames.append(frame)
     pool = pd.concat(frames, ignore_index=True)
     decodable = (pool["embed_reason"] != "undecodable").to_numpy()
@@ -85,12 +96,11 @@ def poolwide_filters(store: Store, rows_files: list[str], config: FilterConfig, 
         pool = pool.join(perceptual_duplicates(pool["uid"], pool["phash"], config.phash_max_distance, decodable,
                                                thumbs, config.phash_max_color_distance))
     if config.semdedup_threshold is not None:
-        if not embeddings_folder:
-            raise InputError("filters semdedup_threshold: set, but no embeddings folder was given")
-        embeddings = np.concatenate([store.read_npy(f"{embeddings_folder}/{shard}.img.npy")
-                                     for shard in pool["_shard"].unique()]).astype(np.float32)
+        matrices = {shard.shard_id: shard.image_embeddings for shard in embeddings.shards}
+        embeddings_matrix = np.concatenate([store.read_npy(store.relative(matrices[shard]))
+                                            for shard in pool["_shard"].unique()]).astype(np.float32)
         clusters = config.semdedup_clusters or max(1, len(pool) // 1000)
-        pool = pool.join(semantic_duplicates(embeddings, pool["embed_ok"].to_numpy(dtype=bool), pool.index, clusters,
+        pool = pool.join(semantic_duplicates(embeddings_matrix, pool["embed_ok"].to_numpy(dtype=bool), pool.index, clusters,
                                              config.semdedup_threshold))
     else:
         skipped["semdedup"] = "no semdedup_threshold set"
@@ -108,13 +118,21 @@ def poolwide_filters(store: Store, rows_files: list[str], config: FilterConfig, 
     keep = pool[[f"keep_{n}" for n in names]].all(axis=1)
     pool["keep"] = keep & pool["embed_ok"]
     pool["reason_embed"] = pool["embed_reason"]
+    decisions = {}
     for shard, part in pool.groupby("_shard", sort=False):
-        store.write_bytes(f"{out_folder}/decisions/{shard}.parquet",
-                          part.drop(columns=["_shard", "thumb"]).to_parquet(index=False))
+        decisions[shard] = store.write_bytes(catalog.filter_decisions(folder, shard),
+                                             part.drop(columns=["_shard", "thumb"]).to_parquet(index=False))
     report = filter_report(pool, names, skipped, cutoff)
-    store.write_json(f"{out_folder}/report.json", report)
-    store.write_bytes(f"{out_folder}/report.png", report_plot(report))
-    return report
+    report_json, report_png = catalog.filter_report(folder)
+    manifest = Manifest(
+        stage="filter", name=embeddings.manifest["name"], store=store.root, config=config.to_dict(),
+        code_version=stage_code_version(), inputs=inputs,
+        outputs={"folder": store.uri(folder), "decisions": decisions,
+                 "report": store.write_json(report_json, report),
+                 "plot": store.write_bytes(report_png, report_plot(report))},
+        rows={"samples": report["samples"], "kept": report["kept"]},
+        stats={"removed_by": report["removed_by"], "skipped": report["skipped"]})
+    return catalog.publish(folder, manifest)
 
 
 def filter_report(pool: pd.DataFrame, names: list[str], skipped: dict, clip_cutoff: float | None) -> dict:

@@ -1,29 +1,67 @@
-"""Prefect tasks of the filtering stage: thin wrappers over :mod:`tasks.filters.run`."""
+"""Prefect tasks of the filtering stage: thin wrappers over :mod:`tasks.filters.plan` and :mod:`tasks.filters.run`.
+
+- ``plan_embed_filter_task``: checks the embedder and the filters; resolves the pool once.
+- ``filter_folder_task``: the filter run's folder, from the embedding run's manifest.
+- ``rowwise_filters_task``: one shard's row-wise decisions (on the Dask workers).
+- ``poolwide_filters_task``: dedup, SemDeDup, CLIP score, the report and the manifest (cached by
+  the embedding manifest, the config and the evaluation sets).
+- ``publish_latest_runs_task``: makes this run the pool's latest, then the artifacts.
+"""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.common.prefect_support import RETRY_DELAYS, retry_unless_input_error, store_from
+from tasks.common.catalog import Catalog, EmbeddedShard, EmbeddingRun
+from tasks.common.prefect_support import RETRY_DELAYS, artifact_key, retry_unless_input_error, validated_cache_key
+from tasks.common.store import Store
 from tasks.filters.config import FilterConfig
+from tasks.filters.plan import filter_folder, plan_embed_filter
 from tasks.filters.run import poolwide_filters, rowwise_filters
+
+
+@task(name="plan_embed_filter", retries=1, retry_delay_seconds=RETRY_DELAYS[:1],
+      retry_condition_fn=retry_unless_input_error)
+def plan_embed_filter_task(store: Store, pool_name: str, embedder: dict, filters: dict | None) -> dict:
+    catalog = Catalog(store)
+    return plan_embed_filter(catalog, catalog.pool(pool_name), embedder, filters)
+
+
+@task(name="filter_folder")
+def filter_folder_task(store: Store, plan: dict, embeddings: dict) -> str:
+    return filter_folder(Catalog(store), plan, embeddings)
 
 
 @task(name="rowwise_filters", retries=2, retry_delay_seconds=RETRY_DELAYS[:2],
       retry_condition_fn=retry_unless_input_error)
-def rowwise_filters_task(store: str, embed_parquet: str, config: dict, out_folder: str,
-                         eval_embeddings: str | None = None, storage_options: dict | None = None) -> str:
-    return rowwise_filters(store_from(store, storage_options), embed_parquet, FilterConfig.from_dict(config),
-                           out_folder, eval_embeddings)
+def rowwise_filters_task(store: Store, shard: dict, config: dict, folder: str,
+                         eval_embeddings: str | None = None) -> str:
+    target = Catalog(store).filter_rows(folder, shard["shard_id"])
+    return rowwise_filters(store, EmbeddedShard.from_dict(shard), FilterConfig.from_dict(config), target,
+                           eval_embeddings)
+
+
+def _poolwide_key(context, parameters) -> str:
+    return validated_cache_key(Catalog(parameters["store"]), f"filter-{parameters['folder'].replace('/', '-')}",
+                               parameters["folder"])
 
 
 @task(name="poolwide_filters", retries=1, retry_delay_seconds=RETRY_DELAYS[:1],
-      retry_condition_fn=retry_unless_input_error)
-def poolwide_filters_task(store: str, rows_files: list[str], config: dict, out_folder: str, pool_name: str,
-                          storage_options: dict | None = None, embeddings_folder: str = "") -> dict:
-    the_store = store_from(store, storage_options)
-    report = poolwide_filters(the_store, rows_files, FilterConfig.from_dict(config), out_folder, embeddings_folder)
+      retry_condition_fn=retry_unless_input_error, cache_key_fn=_poolwide_key)
+def poolwide_filters_task(store: Store, embeddings: dict, rows_files: dict[str, str], config: dict, folder: str,
+                          plan: dict) -> dict:
+    inputs = {"embeddings": embeddings["content_hash"], "pool_manifest": plan["pool"]["content_hash"],
+              "eval_tasklist": plan["tasklist_hash"]}
+    return poolwide_filters(Catalog(store), EmbeddingRun(embeddings), rows_files, FilterConfig.from_dict(config),
+                            folder, inputs)
+
+
+@task(name="publish_latest_runs", retries=2, retry_delay_seconds=RETRY_DELAYS[:2])
+def publish_latest_runs_task(store: Store, embeddings: dict, filters: dict) -> dict:
+    """Make these runs the pool's latest; show the filter report as artifacts."""
+    Catalog(store).set_latest_runs(filters["name"], embeddings, filters)
+    report = store.read_json(store.relative(filters["outputs"]["report"]))
     logger = get_run_logger()
     for name, why in report["skipped"].items():
         logger.warning("filter %s skipped: %s", name, why)
@@ -32,11 +70,10 @@ def poolwide_filters_task(store: str, rows_files: list[str], config: dict, out_f
             for name in report["removed_by"]]
     rows += [{"filter": name, "removed": None, "removed_only_by_it": None, "reasons": f"skipped: {why}"}
              for name, why in report["skipped"].items()]
-    slug = pool_name.replace("_", "-")
-    create_table_artifact(key=f"{slug}-filters", table=rows,
-                          description=f"Filters on pool `{pool_name}`: {report['kept']} of {report['samples']} kept.")
-    create_markdown_artifact(key=f"{slug}-filter-report", markdown=(
-        f"# Filters on `{pool_name}`\n\n{report['kept']} of {report['samples']} samples kept.\n\n"
-        f"- report: `{the_store.uri(out_folder + '/report.json')}`\n"
-        f"- plot: `{the_store.uri(out_folder + '/report.png')}`\n"))
-    return report
+    pool = filters["name"]
+    create_table_artifact(key=artifact_key(pool, "filters"), table=rows,
+                          description=f"Filters on pool `{pool}`: {report['kept']} of {report['samples']} kept.")
+    create_markdown_artifact(key=artifact_key(pool, "filter-report"), markdown=(
+        f"# Filters on `{pool}`\n\n{report['kept']} of {report['samples']} samples kept.\n\n"
+        f"- report: `{filters['outputs']['report']}`\n- plot: `{filters['outputs']['plot']}`\n"))
+    return {"embeddings": embeddings, "filters": filters}

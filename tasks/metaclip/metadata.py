@@ -78,7 +78,7 @@ def load_metadata(path: str) -> Metadata:
         raise InputError(f"metadata file {path} does not exist") from error
     except UnicodeDecodeError as error:
         raise InputError(f"metadata file {path} is not UTF-8 text: {error}") from error
-    except OSError as error:
+    except (PermissionError, IsADirectoryError) as error:  # other OS errors (network, storage) are retried
         raise InputError(f"metadata file {path} cannot be read: {error}") from error
     if path.lower().endswith(".json"):
         try:

@@ -1,11 +1,11 @@
 """The samples a curation recipe chooses from: every downloaded sample of a pool, in one table.
 
-In:  the store and a pool name (``pools/<pool>/manifest.json`` from the download stage; when the
-     embed-and-filter stage has run, ``pools/<pool>/filters.json`` points at its decisions).
+In:  the store and a resolved :class:`~tasks.common.catalog.PoolSnapshot` (the pool and, when the
+     embed-and-filter stage has run, its filter run's decisions, joined on shard ids).
 Out: :class:`PoolSamples`: a frame with one row per successfully downloaded sample (``uid``,
      ``text``, ``key``, ``shard``: the position of its shard in ``shards``, ``kept``: the filters'
-     overall decision, all true when no filter ran), the shards (their ``name`` and ``tar`` URI),
-     and the content hashes of the pool and filters manifests (the cache keys of what follows).
+     overall decision, all true when no filter ran), the shards (their ``shard_id``, ``tar`` and
+     ``n_success``), and the snapshot's content hashes (the cache keys of what follows).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from tasks.common.catalog import PoolSnapshot
 from tasks.common.errors import InputError
 from tasks.common.store import Store
-from tasks.embed.run import shard_output_name
 
 
 @dataclass
@@ -25,8 +25,11 @@ class PoolSamples:
     pool: str
     frame: pd.DataFrame
     shards: list[dict]
-    pool_manifest_hash: str
-    filters_manifest_hash: str | None
+    snapshot: PoolSnapshot
+
+    @property
+    def filtered(self) -> bool:
+        return self.snapshot.filters is not None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -50,22 +53,19 @@ class PoolSamples:
         return rows
 
 
-def pool_samples(store: Store, pool_name: str) -> PoolSamples:
+def pool_samples(store: Store, snapshot: PoolSnapshot) -> PoolSamples:
     """Read the pool's shards (and filter decisions, if any) into one :class:`PoolSamples`."""
-    pointer = f"pools/{pool_name}/manifest.json"
-    if not store.exists(pointer):
-        raise InputError(f"pool {pool_name!r}: {store.uri(pointer)} does not exist; run pool_refresh first")
-    manifest = store.read_json(pointer)
-    shards = [{"name": shard_output_name(s["tar"]), "tar": s["tar"], "parquet": s["parquet"]}
-              for s in manifest["outputs"]["shards"] if s.get("n_success", 1) > 0]
-    decisions, filters_hash = _filter_decisions(store, pool_name)
+    pool_name = snapshot.pool.name
+    shards = [{"shard_id": s.shard_id, "tar": s.tar, "n_success": s.n_success, "parquet": s.parquet}
+              for s in snapshot.pool.shards_with_samples]
+    decisions = snapshot.filters.decisions if snapshot.filters is not None else None
     frames = []
     for number, shard in enumerate(shards):
         if decisions is not None:
-            if shard["name"] not in decisions:
-                raise InputError(f"pool {pool_name!r}: shard {shard['name']} has no filter decisions; "
+            if shard["shard_id"] not in decisions:
+                raise InputError(f"pool {pool_name!r}: shard {shard['shard_id']} has no filter decisions; "
                                  f"rerun pool_refresh with the embedder")
-            with store.open(decisions[shard["name"]]) as handle:
+            with store.open(store.relative(decisions[shard["shard_id"]])) as handle:
                 frame = pd.read_parquet(handle, columns=["uid", "key", "text", "keep"]).rename(columns={"keep": "kept"})
         else:
             with store.open(store.relative(shard["parquet"])) as handle:
@@ -81,15 +81,4 @@ def pool_samples(store: Store, pool_name: str) -> PoolSamples:
     table["text"] = table["text"].fillna("").astype(str)
     if table["uid"].duplicated().any():
         raise InputError(f"pool {pool_name!r}: uid {table['uid'][table['uid'].duplicated()].iloc[0]} appears twice")
-    return PoolSamples(pool=pool_name, frame=table, shards=shards, pool_manifest_hash=manifest["content_hash"],
-                       filters_manifest_hash=filters_hash)
-
-
-def _filter_decisions(store: Store, pool_name: str) -> tuple[dict[str, str] | None, str | None]:
-    pointer = f"pools/{pool_name}/filters.json"
-    if not store.exists(pointer):
-        return None, None
-    filtered = store.read_json(store.relative(store.read_json(pointer)["filters"]))
-    decisions = {uri.rsplit("/", 1)[-1].removesuffix(".parquet"): store.relative(uri)
-                 for uri in filtered["outputs"]["decisions"]}
-    return decisions, filtered["content_hash"]
+    return PoolSamples(pool=pool_name, frame=table, shards=shards, snapshot=snapshot)

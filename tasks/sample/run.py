@@ -1,9 +1,9 @@
 """The sampling stage: run a curation recipe over a pool and write the subset into the store.
 
-In:  the store, a pool name, a subset name, a :class:`SubsetConfig` (the recipe and its
-     options), the cluster trees the recipe may use (name -> tree folder in the store, from the
-     clustering stage), and optionally a Dask client (MetaCLIP matching and resharding run on it).
-Out: ``subsets/<pool>/<name>-<key>/`` with
+In:  the catalog, a resolved pool snapshot, a subset name, a :class:`SubsetConfig` (the recipe and
+     its options), the cluster trees the recipe may use (name -> the clustering stage's manifest),
+     and optionally a Dask client (MetaCLIP matching and resharding run on it).
+Out: the subset's folder (:meth:`~tasks.common.catalog.Catalog.subset_folder`) with
 
 - ``subset.parquet``: the chosen samples (``uid``, ``key``, ``text``, ``source_tar`` and, for
   MetaCLIP's online mode, ``keep_probability``);
@@ -20,18 +20,18 @@ the shards and matches not yet in the store.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from tasks.cluster.tree import load_tree, sample_labels
+from tasks.common.catalog import Catalog, ClusterTree, PoolSnapshot
 from tasks.common.errors import InputError
 from tasks.common.hashing import code_version, hash_json
 from tasks.common.manifest import Manifest
 from tasks.common.store import Store
-from tasks.evaluate.indicators import class_sizes_plot, cumulative_counts_plot, indicators
+from tasks.sample.indicators import class_sizes_plot, cumulative_counts_plot, indicators
 from tasks.metaclip.balance import (balance_report, draw, entry_counts, expected_size, keep_probabilities,
                                     threshold_for_expected_size, threshold_for_tail_share)
 from tasks.metaclip.run import BUILT_FROM_POOL, match_pool, pool_metadata
@@ -40,7 +40,7 @@ from tasks.sample.recipe import Selection, check_target, parse_recipe
 from tasks.sample.subset_files import datacomp_uid_array, reshard
 from tasks.sample.tree_sampling import balanced_sample, top_level_distances
 
-SUBSET_VERSION = 1  # bump when a change alters the subset a config produces
+SUBSET_VERSION = 2  # bump when a change alters the subset a config produces
 
 
 @dataclass(frozen=True)
@@ -81,19 +81,20 @@ class SubsetConfig:
 class TreeView:
     """A cluster tree seen from the pool table: its levels and every pool row's label per level."""
 
-    def __init__(self, store: Store, folder: str, samples: PoolSamples):
-        self.folder = folder
-        self.levels = load_tree(store, folder)
-        with store.open(f"{folder}/inputs.parquet") as handle:
+    def __init__(self, store: Store, tree: ClusterTree, samples: PoolSamples):
+        self.tree = tree
+        self.folder = tree.folder
+        self.levels = load_tree(store, store.relative(tree.folder))
+        with store.open(store.relative(tree.outputs["inputs"])) as handle:
             uids = pd.read_parquet(handle, columns=["uid"])["uid"].to_numpy()
         if len(uids) != len(self.levels[0].labels):
-            raise InputError(f"tree {store.uri(folder)}: {len(uids)} inputs but level 1 labels "
+            raise InputError(f"tree {tree.folder}: {len(uids)} inputs but level 1 labels "
                              f"{len(self.levels[0].labels)} samples")
-        self.rows = samples.rows_of(uids, f"tree {store.uri(folder)}")
+        self.rows = samples.rows_of(uids, f"tree {tree.folder}")
         self.labels = np.full((len(samples), len(self.levels)), -1, dtype=np.int64)
         self.labels[self.rows] = sample_labels(self.levels)
         self.store = store
-        self.pool = samples.pool
+        self.snapshot = samples.snapshot
 
     def counts(self, mask: np.ndarray, level: int) -> np.ndarray:
         labels = self.labels[mask, level - 1]
@@ -103,25 +104,26 @@ class TreeView:
         """Distance of each tree input to its top-level centroid, from the pool's embeddings."""
         from tasks.cluster.pool_input import pool_embeddings
 
-        tree = self.store.read_json(f"{self.folder}/tree.json")
-        embeddings = pool_embeddings(self.store, self.pool).as_dask_array().compute()
-        return top_level_distances(self.levels, embeddings, tree["config"]["metric"])
+        embeddings = pool_embeddings(self.store, self.snapshot).as_dask_array().compute()
+        return top_level_distances(self.levels, embeddings, self.tree.manifest["config"]["metric"])
 
 
 class RecipeContext:
     """What the steps read, loaded when first needed: trees and MetaCLIP matches."""
 
-    def __init__(self, store: Store, samples: PoolSamples, config: SubsetConfig, trees: dict[str, str], client=None):
-        self.store, self.samples, self.config, self.tree_folders, self.client = store, samples, config, trees, client
+    def __init__(self, catalog: Catalog, samples: PoolSamples, config: SubsetConfig, trees: dict[str, dict],
+                 client=None):
+        self.catalog, self.store = catalog, catalog.store
+        self.samples, self.config, self.tree_manifests, self.client = samples, config, trees, client
         self.trees: dict[str, TreeView] = {}
         self.metadata = None
         self._matches = None
 
     def tree(self, name: str) -> TreeView:
-        if name not in self.tree_folders:
-            raise InputError(f"recipe: tree={name!r} is not one of the trees given ({sorted(self.tree_folders)})")
+        if name not in self.tree_manifests:
+            raise InputError(f"recipe: tree={name!r} is not one of the trees given ({sorted(self.tree_manifests)})")
         if name not in self.trees:
-            self.trees[name] = TreeView(self.store, self.tree_folders[name], self.samples)
+            self.trees[name] = TreeView(self.store, ClusterTree(self.tree_manifests[name]), self.samples)
         return self.trees[name]
 
     @property
@@ -131,8 +133,8 @@ class RecipeContext:
 
     def matches(self):
         if self._matches is None:
-            self.metadata = pool_metadata(self.store, self.samples, self.config.metadata, self.config.ngrams)
-            self._matches = match_pool(self.store, self.samples, self.metadata, self.client)
+            self.metadata = pool_metadata(self.catalog, self.samples, self.config.metadata, self.config.ngrams)
+            self._matches = match_pool(self.catalog, self.samples, self.metadata, self.client)
         return self._matches
 
 
@@ -148,7 +150,7 @@ def run_recipe(context: RecipeContext) -> tuple[Selection, list[np.ndarray]]:
 
 
 def _filters_step(context: RecipeContext, selection: Selection, step: dict, number: int) -> dict:
-    if context.samples.filters_manifest_hash is None:
+    if not context.samples.filtered:
         raise InputError(f"recipe step {number} (filters): pool {context.samples.pool!r} has not been filtered; "
                          f"run pool_refresh with an embedder and filters")
     selection.narrow(np.flatnonzero(selection.candidates & context.samples.frame["kept"].to_numpy(dtype=bool)))
@@ -234,20 +236,29 @@ STEP_RUNNERS = {"filters": _filters_step, "random": _random_step, "hkmeans": _hk
                 "metaclip": _metaclip_step}
 
 
-def subset_key(samples: PoolSamples, config: SubsetConfig, trees: dict[str, str]) -> str:
-    return hash_json({"pool": samples.pool_manifest_hash, "filters": samples.filters_manifest_hash,
-                      "config": config.to_dict(), "trees": trees, "version": SUBSET_VERSION})[:16]
+def subset_inputs(snapshot: PoolSnapshot, trees: dict[str, dict]) -> dict:
+    """The content hashes a subset is made from: the snapshot's manifests and every tree's."""
+    return {**snapshot.hashes, "trees": {name: tree["content_hash"] for name, tree in sorted(trees.items())}}
 
 
-def make_subset(store: Store, pool_name: str, name: str, config: SubsetConfig, trees: dict[str, str] | None = None,
-                client=None) -> dict:
-    """Run ``config``'s recipe on ``pool_name`` and write the subset; returns its manifest."""
+def subset_folder(catalog: Catalog, snapshot: PoolSnapshot, name: str, config: SubsetConfig,
+                  trees: dict[str, dict]) -> str:
+    key = hash_json({"inputs": subset_inputs(snapshot, trees), "config": config.to_dict(), "version": SUBSET_VERSION})
+    return catalog.subset_folder(snapshot.pool.name, name, key)
+
+
+def make_subset(catalog: Catalog, snapshot: PoolSnapshot, name: str, config: SubsetConfig,
+                trees: dict[str, dict] | None = None, client=None) -> dict:
+    """Run ``config``'s recipe on the snapshot's pool and write the subset; returns its manifest."""
+    store = catalog.store
     trees = dict(trees or {})
-    samples = pool_samples(store, pool_name)
-    folder = f"subsets/{pool_name}/{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}-{subset_key(samples, config, trees)}"
-    if store.exists(f"{folder}/manifest.json"):
-        return store.read_json(f"{folder}/manifest.json")
-    context = RecipeContext(store, samples, config, trees, client)
+    folder = subset_folder(catalog, snapshot, name, config, trees)
+    done = catalog.finished(folder)
+    if done is not None:
+        return done
+    samples = pool_samples(store, snapshot)
+    pool_name = snapshot.pool.name
+    context = RecipeContext(catalog, samples, config, trees, client)
     for tree_name in trees:
         context.tree(tree_name)
     if config.uses_metadata:
@@ -264,16 +275,14 @@ def make_subset(store: Store, pool_name: str, name: str, config: SubsetConfig, t
                **write_plots(store, folder, context, masks)}
     if config.reshard:
         outputs["shards"] = reshard(store, samples.shards, chosen, f"{folder}/shards", config.shard_size, client)
-    outputs["manifest"] = store.uri(f"{folder}/manifest.json")
-    manifest = Manifest(stage="subset", name=f"{pool_name}/{name}", store=store.uri(), config=config.to_dict(),
+    outputs["folder"] = store.uri(folder)
+    manifest = Manifest(stage="subset", name=f"{pool_name}/{name}", store=store.root, config=config.to_dict(),
                         code_version=code_version("subset", SUBSET_VERSION),
-                        inputs={"pool_manifest": samples.pool_manifest_hash,
-                                "filters_manifest": samples.filters_manifest_hash, "trees": trees,
+                        inputs={**subset_inputs(snapshot, trees),
                                 "metadata": context.metadata.source if context.metadata else None},
                         outputs=outputs, rows={"pool": len(samples), "subset": int(len(chosen))},
                         stats={"steps": selection.figures, "indicators": report["final"]})
-    manifest.write(store, f"{folder}/manifest.json")
-    return manifest.to_dict()
+    return catalog.publish(folder, manifest)
 
 
 def _subset_table(chosen: pd.DataFrame, samples: PoolSamples) -> pd.DataFrame:

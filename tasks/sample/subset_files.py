@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import io
 import tarfile
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from tasks.common.errors import InputError
 from tasks.common.store import Store
+from tasks.common.webdataset import iter_samples
 
 DATACOMP_DTYPE = np.dtype("u8,u8")
-BLOCK = 512
-ZERO_BLOCK = bytes(BLOCK)
 
 
 def datacomp_uid_array(uids: np.ndarray) -> np.ndarray:
@@ -70,8 +68,8 @@ def reshard(store: Store, shards: list[dict], chosen: pd.DataFrame, out_folder: 
     by_shard = {int(s): frame for s, frame in chosen.groupby("shard")}
     jobs = []
     for group in range(int(group_of_used.max()) + 1 if len(used) else 0):
-        sources = [(shards[int(s)]["tar"], dict(zip(by_shard[int(s)]["key"], by_shard[int(s)]["uid"])))
-                   for s in used[group_of_used == group]]
+        sources = [(shards[int(s)]["tar"], dict(zip(by_shard[int(s)]["key"], by_shard[int(s)]["uid"])),
+                    shards[int(s)].get("n_success")) for s in used[group_of_used == group]]
         jobs.append((f"{out_folder}/{group:05d}.tar", sources))
     if client is not None:
         futures = client.map(_write_shard, [store] * len(jobs), [j[0] for j in jobs], [j[1] for j in jobs],
@@ -82,9 +80,10 @@ def reshard(store: Store, shards: list[dict], chosen: pd.DataFrame, out_folder: 
     return [{"tar": store.uri(target), "n_success": int(count)} for (target, _), count in zip(jobs, counts)]
 
 
-def _write_shard(store: Store, target: str, sources: list[tuple[str, dict[str, str]]]) -> int:
-    """Write one output shard from its sources (tar URI, {key: uid}); returns its sample count."""
-    wanted = sum(len(keys) for _, keys in sources)
+def _write_shard(store: Store, target: str, sources: list[tuple[str, dict[str, str], int | None]]) -> int:
+    """Write one output shard from its sources (tar URI, {key: uid}, recorded sample count or None);
+    returns its sample count."""
+    wanted = sum(len(keys) for _, keys, _ in sources)
     if store.exists(target):
         return wanted
     staging = store.staging_path(target)
@@ -92,8 +91,8 @@ def _write_shard(store: Store, target: str, sources: list[tuple[str, dict[str, s
     partial = staging.with_suffix(".partial")
     found: set[str] = set()
     with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as out:
-        for tar_uri, keys in sources:
-            _copy_members(store, tar_uri, keys, out, found)
+        for tar_uri, keys, expected in sources:
+            _copy_members(store, tar_uri, keys, expected, out, found)
     if len(found) != wanted:
         partial.unlink(missing_ok=True)
         raise InputError(f"reshard {store.uri(target)}: {wanted - len(found)} chosen samples are missing from "
@@ -103,53 +102,13 @@ def _write_shard(store: Store, target: str, sources: list[tuple[str, dict[str, s
     return wanted
 
 
-def _copy_members(store: Store, tar_uri: str, keys: dict[str, str], out: tarfile.TarFile, found: set[str]) -> None:
-    import fsspec
-
-    with fsspec.open(tar_uri, "rb", **store.storage_options) as handle:
-        for name, data in tar_files(handle, keys):
-            key, _, ext = name.partition(".")
-            info = tarfile.TarInfo(f"{keys[key]}.{ext}")
+def _copy_members(store: Store, tar_uri: str, keys: dict[str, str], expected: int | None, out: tarfile.TarFile,
+                  found: set[str]) -> None:
+    """Copy the samples of ``tar_uri`` whose key is in ``keys`` to ``out``, renamed ``<uid>.<ext>``."""
+    for key, files in iter_samples(tar_uri, expected=expected, keys=keys, storage_options=store.fsspec_options()):
+        uid = keys[key]
+        for ext, data in files.items():
+            info = tarfile.TarInfo(f"{uid}.{ext}")
             info.size = len(data)
             out.addfile(info, io.BytesIO(data))
-            found.add(keys[key])
-
-
-def tar_files(handle, keys: dict[str, str]) -> Iterator[tuple[str, bytes]]:
-    """``(file name, bytes)`` of the regular files of a tar whose key (name up to the first dot) is in ``keys``.
-
-    A minimal reader of the ustar/pax headers that webdataset writers produce: it reads only
-    the 512-byte headers and the wanted files, and seeks past the rest (Python's ``tarfile``
-    parses every header fully, which made resharding 10x slower).
-    """
-    pax_path = None
-    while True:
-        header = handle.read(BLOCK)
-        if len(header) < BLOCK or header == ZERO_BLOCK:
-            return
-        size_field = header[124:136]
-        size = (int.from_bytes(size_field[1:], "big") if size_field[0] & 0x80
-                else int(size_field.strip(b"\0 ") or b"0", 8))
-        padded = -(-size // BLOCK) * BLOCK
-        kind = header[156:157]
-        if kind in (b"x", b"L"):  # pax extended header or GNU long name: the next member's name
-            payload = handle.read(padded)[:size]
-            pax_path = _long_name(kind, payload)
-            continue
-        name = pax_path or (header[345:500].rstrip(b"\0") + b"/" if header[345] else b"") + header[:100].rstrip(b"\0")
-        pax_path = None
-        base = name.decode("utf-8", "replace").rsplit("/", 1)[-1]
-        if kind in (b"0", b"\0") and base.partition(".")[0] in keys:
-            yield base, handle.read(padded)[:size]
-        elif padded:
-            handle.seek(padded, 1)
-
-
-def _long_name(kind: bytes, payload: bytes) -> bytes | None:
-    if kind == b"L":
-        return payload.rstrip(b"\0")
-    for record in payload.split(b"\n"):
-        _, _, field = record.partition(b" ")
-        if field.startswith(b"path="):
-            return field[5:]
-    return None
+        found.add(uid)

@@ -1,9 +1,9 @@
 """Prefect tasks of the sampling stage: thin wrappers over :mod:`tasks.sample.run`.
 
 ``make_subset_task`` runs a recipe on a Dask cluster (MetaCLIP matching and resharding, one task
-per shard); it is cached by the pool's and the filters' manifest hashes, the trees, the subset's
-config and the code version, and a retry redoes only the shards not yet written.
-``subset_report_task`` publishes the indicators before and after every step as artifacts.
+per shard); it is cached by the snapshot's manifests (pool, embeddings, filters), the trees'
+manifests, the subset's config and the code version, and a retry redoes only the shards not yet
+written. ``subset_report_task`` publishes the indicators before and after every step as artifacts.
 """
 
 from __future__ import annotations
@@ -11,52 +11,37 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks.common.catalog import Catalog, PoolSnapshot
 from tasks.common.dask_cluster import dask_client
-from tasks.common.hashing import hash_json
-from tasks.common.prefect_support import RETRY_DELAYS, artifact_key, retry_unless_input_error, store_from
-from tasks.sample.run import SUBSET_VERSION, SubsetConfig, make_subset
+from tasks.common.prefect_support import RETRY_DELAYS, artifact_key, retry_unless_input_error, validated_cache_key
+from tasks.common.store import Store
+from tasks.sample.run import SubsetConfig, make_subset, subset_folder
 
 REPORTED = ("label_set_size", "normalised_entropy", "ls5", "lt100", "lt500")
 
 
-@task(name="read_pool_state")
-def read_pool_state(store: str, pool_name: str, storage_options: dict | None = None) -> dict:
-    """Content hashes of the pool's download manifest and (if any) its latest filters manifest."""
-    from tasks.common.errors import InputError
-
-    the_store = store_from(store, storage_options)
-    pointer = f"pools/{pool_name}/manifest.json"
-    if not the_store.exists(pointer):
-        raise InputError(f"pool {pool_name!r}: {the_store.uri(pointer)} does not exist; run pool_refresh first")
-    state = {"pool": the_store.read_json(pointer)["content_hash"], "filters": None}
-    if the_store.exists(f"pools/{pool_name}/filters.json"):
-        filters = the_store.read_json(f"pools/{pool_name}/filters.json")["filters"]
-        state["filters"] = the_store.read_json(the_store.relative(filters))["content_hash"]
-    return state
-
-
 def _subset_cache_key(context, parameters) -> str:
-    return "subset-" + hash_json({key: parameters[key] for key in ("store", "pool_name", "name", "config", "trees",
-                                                                     "pool_state")} | {"version": SUBSET_VERSION})
+    catalog = Catalog(parameters["store"])
+    folder = subset_folder(catalog, PoolSnapshot.from_dict(parameters["snapshot"]), parameters["name"],
+                           SubsetConfig.from_dict(parameters["config"]), parameters["trees"])
+    return validated_cache_key(catalog, "subset-" + folder.replace("/", "-"), folder)
 
 
 @task(name="make_subset", retries=2, retry_delay_seconds=RETRY_DELAYS[:2], retry_condition_fn=retry_unless_input_error,
       cache_key_fn=_subset_cache_key)
-def make_subset_task(store: str, pool_name: str, name: str, config: dict, trees: dict, pool_state: dict,
-                     dask_address: str = "", storage_options: dict | None = None) -> dict:
-    subset = SubsetConfig.from_dict(config)
+def make_subset_task(store: Store, snapshot: dict, name: str, config: dict, trees: dict, dask_address: str = "") -> dict:
     with dask_client(dask_address or None, gpu=False) as client:
-        manifest = make_subset(store_from(store, storage_options), pool_name, name, subset, trees, client=client)
+        manifest = make_subset(Catalog(store), PoolSnapshot.from_dict(snapshot), name, SubsetConfig.from_dict(config),
+                               trees, client=client)
     get_run_logger().info("subset %s: %d of %d samples", manifest["name"], manifest["rows"]["subset"],
                           manifest["rows"]["pool"])
     return manifest
 
 
 @task(name="subset_report")
-def subset_report_task(manifest: dict) -> list[dict]:
+def subset_report_task(store: Store, manifest: dict) -> list[dict]:
     """One row per step and grouping (tree level, metadata entries) with the main indicators."""
-    the_store = store_from(manifest["store"])
-    report = the_store.read_json(the_store.relative(manifest["outputs"]["indicators"]))
+    report = store.read_json(store.relative(manifest["outputs"]["indicators"]))
     rows = [{"after": stage["after"], "samples": stage["samples"], "over": over,
              **{name: values.get(name) for name in REPORTED}}
             for stage in report["stages"] for over, values in stage.items() if isinstance(values, dict)]

@@ -2,10 +2,11 @@
 
 In:  the store, the training shards (URIs of ``.tar`` files from a pool or subset manifest),
      their content hash and sample count, a :class:`~tasks.train.scales.TrainConfig` and a run name.
-Out: ``train/<name>-<key>/`` in the store with ``checkpoints/epoch_<n>.pt`` (one per virtual
-     epoch, each uploaded once complete), ``out.log`` (open_clip's log) and, last,
-     ``_SUCCESS.json``: the :class:`TrainResult`. The key hashes the data, the config and the code
-     version, so a finished run is found again instead of retrained.
+Out: the run's folder (:meth:`~tasks.common.catalog.Catalog.training_folder`) with
+     ``checkpoints/epoch_<n>.pt`` (one per virtual epoch, each uploaded once complete), ``out.log``
+     (open_clip's log) and, last, the stage's manifest (the final checkpoint, samples seen, speed).
+     The key hashes the data, the config and the code version, so a finished run is found again
+     instead of retrained.
 
 Preemption: open_clip runs in a child process writing to a local staging folder, with
 ``--save-most-recent`` (an atomic ``epoch_latest.pt``) and ``--resume latest``. Run again after a
@@ -18,99 +19,120 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import fsspec
 
+from tasks.common.catalog import Catalog
 from tasks.common.errors import InputError, StageFailed
+from tasks.common.gpu import visible_gpus
 from tasks.common.hashing import code_version, hash_json
-from tasks.common.process import die_with_parent
+from tasks.common.manifest import Manifest
+from tasks.common.process import log_tail, run_child
 from tasks.common.store import Store
 from tasks.train.launch import known_models
 from tasks.train.scales import TrainConfig
 
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
+PLAIN_REMOTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^:]")  # scheme://, then no second scheme
+UNSAFE_URI_CHARACTERS = set("{};|&$`<>")  # braces (webdataset expands them) and shell metacharacters
 SPEED = re.compile(r"Batch \(t\): [\d.]+, ([\d.]+)/s,")
 
 
-@dataclass
-class TrainResult:
-    run: str
-    folder: str
-    checkpoint: str
-    model: str
-    config: dict
-    data_hash: str
-    n_train_samples: int
-    epochs: int
-    samples_per_epoch: int
-    samples_seen: int
-    device: str
-    seconds: float
-    samples_per_second: float | None
-    resumed_from_epoch: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-STAGE_VERSION = 1  # bump when a change alters what a run trains or writes
+STAGE_VERSION = 2  # bump when a change alters what a run trains or writes
 
 
 def stage_code_version() -> str:
     return code_version("train", STAGE_VERSION, ("open_clip_torch", "torch"))
 
 
+# Settings that do not change what is trained: the scale's label and how often open_clip logs.
+NOT_IN_KEY = ("scale", "log_every_n_steps")
+
+
 def training_key(data_hash: str, config: TrainConfig) -> str:
-    return hash_json({"data": data_hash, "config": config.to_dict(), "code": stage_code_version()})
+    trained = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_KEY}
+    return hash_json({"data": data_hash, "config": trained, "code": stage_code_version()})
 
 
 def run_folder(name: str, data_hash: str, config: TrainConfig) -> str:
-    return f"train/{name}-{training_key(data_hash, config)[:16]}"
+    """The run's folder (:meth:`~tasks.common.catalog.Catalog.training_folder`). ``name`` follows the rule
+    of every name in the store (:func:`~tasks.common.catalog.check_name`: 1-63 lower-case letters,
+    digits, ``-``, ``_``), so it is one folder name, never a path; anything else is an
+    :class:`InputError` naming ``run_name``."""
+    return Catalog.training_folder(name, training_key(data_hash, config))
 
 
-def check_shards(shards: list[str], n_samples: int) -> None:
-    """Every shard exists and is not empty, and there is something to train on."""
+def check_shard_uri(uri: str, source: str = "training data") -> None:
+    """Refuse a shard URI that is not a plain local path or a plain ``scheme://`` URI.
+
+    open_clip hands ``--train-data`` to webdataset, which splits it on ``::``, expands braces and
+    runs ``pipe:`` URLs through a shell: a URI from a manifest must carry none of that.
+    """
+    if not isinstance(uri, str) or not uri:
+        problem = "is not a URI"
+    elif any(ord(c) < 32 or c in UNSAFE_URI_CHARACTERS for c in uri):
+        problem = "holds a brace, shell metacharacter or control character"
+    elif "::" in uri:
+        problem = "chains URLs with '::'"
+    elif uri.startswith("pipe:"):
+        problem = "is a 'pipe:' command"
+    elif ":" in uri and not PLAIN_REMOTE_URI.match(uri):
+        problem = "is neither a local path nor a plain scheme:// URI"
+    else:
+        return
+    raise InputError(f"{source}: training shard {uri!r} {problem}; shards must be plain local paths or "
+                     f"scheme:// URIs")
+
+
+def check_shards(shards: list[str], n_samples: int, storage_options: dict | None = None) -> None:
+    """Every shard URI is plain, every shard exists and is not empty, and there is something to train on."""
     if not shards:
         raise InputError("training data: the manifest lists no shards (an empty pool or subset)")
+    for shard in shards:
+        check_shard_uri(shard)
     if n_samples < 1:
         raise InputError(f"training data: the shards hold no successful samples ({shards[0]} ...)")
     for shard in shards:
-        fs, path = fsspec.core.url_to_fs(shard)
+        fs, path = fsspec.core.url_to_fs(shard, **(storage_options or {}) if "://" in shard else {})
         if not fs.exists(path):
             raise InputError(f"training shard {shard}: no such file")
         if fs.size(path) == 0:
             raise InputError(f"training shard {shard}: the file is empty")
 
 
+def s3_environment(options: dict) -> dict[str, str]:
+    """The store's S3 options as the AWS variables a child process (``tasks.common.fscat``) reads:
+    credentials from a Secret block reach the streaming of remote shards without a command line."""
+    names = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN",
+             "endpoint_url": "AWS_ENDPOINT_URL"}
+    return {names[k]: str(v) for k, v in options.items() if k in names and v is not None}
+
+
 def _train_data_arg(shards: list[str]) -> str:
-    """open_clip's ``--train-data``: local paths, or a pipe that streams a remote shard through fsspec."""
+    """open_clip's ``--train-data``: local paths, or a pipe that streams a remote shard through fsspec.
+
+    Each shard passes :func:`check_shard_uri` and is shell-quoted in the pipe, so it stays one argument.
+    """
     parts = []
     for shard in shards:
+        check_shard_uri(shard)
         if "://" in shard and not shard.startswith("file://"):
-            parts.append(f"pipe:{sys.executable} -m tasks.common.fscat {shard}")
+            parts.append(f"pipe:{shlex.quote(sys.executable)} -m tasks.common.fscat {shlex.quote(shard)}")
         else:
             parts.append(shard.removeprefix("file://"))
     return "::".join(parts)
 
 
 def _devices() -> tuple[str, int]:
-    """("cuda", number of visible GPUs) or ("cpu", 1), asked of nvidia-smi: importing torch here would
-    cost the training child seconds of CPU on a small machine."""
-    try:
-        listing = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=30, check=True).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return "cpu", 1
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    count = len([d for d in visible.split(",") if d.strip()]) if visible is not None else len(listing)
+    """("cuda", number of visible GPUs) or ("cpu", 1), counted by :func:`~tasks.common.gpu.visible_gpus`
+    (the driver, not torch: importing torch here would cost the training child seconds of CPU)."""
+    count = visible_gpus()
     return ("cuda", count) if count else ("cpu", 1)
 
 
@@ -156,8 +178,8 @@ class CheckpointPublisher:
     def __init__(self, store: Store, folder: str, checkpoints: Path):
         self.store, self.folder, self.checkpoints = store, folder, checkpoints
         self.published = {int(EPOCH_FILE.match(p.rsplit("/", 1)[1]).group(1))
-                          for p in store.list(f"{folder}/checkpoints", "epoch_*.pt")} if store.exists(
-            f"{folder}/checkpoints") else set()
+                          for p in store.list(Catalog.checkpoints_folder(folder), "epoch_*.pt")} if store.exists(
+            Catalog.checkpoints_folder(folder)) else set()
 
     def publish(self, final: bool = False) -> None:
         files = _epoch_files(self.checkpoints)
@@ -167,7 +189,7 @@ class CheckpointPublisher:
         for epoch, path in sorted(files.items()):
             done = epoch != newest or final or latest_time >= path.stat().st_mtime_ns
             if done and epoch not in self.published:
-                self.store.put_file(path, f"{self.folder}/checkpoints/{path.name}")
+                self.store.put_file(path, Catalog.checkpoint(self.folder, epoch))
                 self.published.add(epoch)
 
     def latest_in_store(self) -> int | None:
@@ -184,7 +206,7 @@ def _restore_from_store(publisher: CheckpointPublisher, checkpoints: Path, log) 
         return 0
     checkpoints.mkdir(parents=True, exist_ok=True)
     tmp = checkpoints / "restore.tmp"
-    with publisher.store.open(f"{publisher.folder}/checkpoints/epoch_{epoch}.pt") as src, open(tmp, "wb") as dst:
+    with publisher.store.open(Catalog.checkpoint(publisher.folder, epoch)) as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 22)
     os.replace(tmp, latest_local)
     log(f"resuming from epoch {epoch} restored from the store")
@@ -199,14 +221,15 @@ def _command(args: list[str], world: int) -> list[str]:
 
 
 def train_clip(store: Store, shards: list[str], data_hash: str, n_samples: int, config: TrainConfig,
-               name: str, log=print, sync_seconds: float = 5.0) -> TrainResult:
-    """Train (or resume, or find finished) the run; return its result."""
+               name: str, log=print, sync_seconds: float = 5.0) -> dict:
+    """Train (or resume, or find finished) the run; return its manifest."""
     config.validate()
+    catalog = Catalog(store)
     folder = run_folder(name, data_hash, config)
-    marker = f"{folder}/_SUCCESS.json"
-    if store.exists(marker):
-        return TrainResult(**store.read_json(marker))
-    check_shards(shards, n_samples)
+    done = catalog.finished(folder, log)
+    if done is not None:
+        return done
+    check_shards(shards, n_samples, store.fsspec_options())
     if config.model not in known_models():
         raise InputError(f"training parameter model: {config.model!r} is not an open_clip model config")
 
@@ -226,42 +249,34 @@ def train_clip(store: Store, shards: list[str], data_hash: str, n_samples: int, 
             publisher.publish()
 
     syncer = threading.Thread(target=keep_publishing, name="checkpoint-publisher", daemon=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(_command(args, world), stdout=log_file, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True,
-                                   preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
-        syncer.start()
-        try:
-            returncode = process.wait()
-        finally:
-            stop.set()
-            syncer.join()
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    text = log_path.read_text(errors="replace")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled", **s3_environment(store.fsspec_options()))
+    syncer.start()
+    try:
+        returncode = run_child(_command(args, world), log_path, staging / "train.pgid", env=env, log=log)
+    finally:
+        stop.set()
+        syncer.join()
     if returncode != 0:
         raise StageFailed(f"training run {folder} failed (exit status {returncode}); finished checkpoints are "
-                          f"kept and a rerun resumes. Log {log_path}:\n{text[-3000:]}")
+                          f"kept and a rerun resumes. Log {log_path}:\n{log_tail(log_path)}")
+    text = log_path.read_text(errors="replace")
     publisher.publish(final=True)
     if config.epochs not in publisher.published:
         raise StageFailed(f"training run {folder}: open_clip exited without the final checkpoint "
                           f"epoch_{config.epochs}.pt; log {log_path}")
+    outputs = {"folder": store.uri(folder), "checkpoint": store.uri(catalog.checkpoint(folder, config.epochs))}
     out_log = staging / "run" / "out.log"
     if out_log.exists():
-        store.put_file(out_log, f"{folder}/out.log")
+        outputs["log"] = store.put_file(out_log, f"{folder}/out.log")
     speeds = [float(s) for s in SPEED.findall(text)]
-    result = TrainResult(
-        run=name, folder=store.uri(folder), checkpoint=store.uri(f"{folder}/checkpoints/epoch_{config.epochs}.pt"),
-        model=config.model, config=config.to_dict(), data_hash=data_hash, n_train_samples=n_samples,
-        epochs=config.epochs, samples_per_epoch=config.samples_per_epoch,
-        samples_seen=config.realised_samples_seen, device=f"{device}x{world}",
-        seconds=round(time.monotonic() - started, 2),
-        samples_per_second=round(sum(speeds[1:]) / len(speeds[1:]), 1) if len(speeds) > 1 else None,
-        resumed_from_epoch=resumed_from,
-    )
-    store.write_json(marker, result.to_dict())
+    manifest = Manifest(
+        stage="train", name=name, store=store.root, config=config.to_dict(), code_version=stage_code_version(),
+        inputs={"data": data_hash, "shards": len(shards)}, outputs=outputs,
+        rows={"train_samples": n_samples, "samples_seen": config.realised_samples_seen, "epochs": config.epochs},
+        stats={"samples_per_epoch": config.samples_per_epoch, "device": f"{device}x{world}",
+               "seconds": round(time.monotonic() - started, 2),
+               "samples_per_second": round(sum(speeds[1:]) / len(speeds[1:]), 1) if len(speeds) > 1 else None,
+               "resumed_from_epoch": resumed_from})
+    published = catalog.publish(folder, manifest)
     shutil.rmtree(staging, ignore_errors=True)
-    return result
+    return published

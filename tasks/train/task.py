@@ -9,38 +9,50 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
+from tasks.common.catalog import Catalog
 from tasks.common.errors import InputError
-from tasks.common.prefect_support import RETRY_DELAYS, retry_unless_input_error, store_from
-from tasks.train.run import train_clip, training_key
+from tasks.common.prefect_support import RETRY_DELAYS, retry_unless_input_error, validated_cache_key
+from tasks.common.store import Store
+from tasks.train.run import check_shard_uri, run_folder, train_clip, training_key
 from tasks.train.scales import scale_config
 
 
 def training_data(manifest: dict) -> tuple[list[str], str, int]:
-    """(shard URIs holding samples, content hash, number of samples) of a pool or subset manifest."""
+    """(shard URIs holding samples, content hash, number of samples) of a pool or subset manifest.
+
+    Every shard URI must be a plain local path or ``scheme://`` URI (:func:`check_shard_uri`): an
+    :class:`InputError` names the manifest and the shard otherwise.
+    """
     shards = manifest.get("outputs", {}).get("shards")
     if shards is None:
         raise InputError(f"training data: manifest {manifest.get('name')!r} lists no outputs.shards")
-    used = [s for s in shards if s.get("n_success", 1) > 0]
-    return [s["tar"] for s in used], manifest["content_hash"], sum(int(s.get("n_success", 0)) for s in used)
+    if any("n_success" not in s for s in shards):
+        raise InputError(f"training data: manifest {manifest.get('name')!r} has shards without n_success "
+                         "(their sample count); it was not written by this pipeline")
+    used = [s for s in shards if s["n_success"] > 0]  # the one rule, as the catalog's shards_with_samples
+    for shard in used:
+        check_shard_uri(shard.get("tar"), f"training data: manifest {manifest.get('name')!r}")
+    return [s["tar"] for s in used], manifest["content_hash"], sum(int(s["n_success"]) for s in used)
 
 
 def _train_cache_key(context, parameters) -> str:
     _, data_hash, _ = training_data(parameters["data_manifest"])
     config = scale_config(parameters["scale"], parameters.get("overrides"))
-    return f"train-{parameters['run_name']}-{training_key(data_hash, config)}"
+    folder = run_folder(parameters["run_name"], data_hash, config)
+    return validated_cache_key(Catalog(parameters["store"]),
+                               f"train-{parameters['run_name']}-{training_key(data_hash, config)}", folder)
 
 
 @task(name="train_clip", retries=2, retry_delay_seconds=RETRY_DELAYS[:2], retry_condition_fn=retry_unless_input_error,
       cache_key_fn=_train_cache_key)
-def train_clip_task(store: str, data_manifest: dict, scale: str, overrides: dict | None, run_name: str,
-                    storage_options: dict | None = None) -> dict:
+def train_clip_task(store: Store, data_manifest: dict, scale: str, overrides: dict | None, run_name: str) -> dict:
     logger = get_run_logger()
     shards, data_hash, n_samples = training_data(data_manifest)
     config = scale_config(scale, overrides)
     logger.info("training %s (%s) on %d samples in %d shards: %d epochs x %d samples", run_name, config.model,
                 n_samples, len(shards), config.epochs, config.samples_per_epoch)
-    result = train_clip(store_from(store, storage_options), shards, data_hash, n_samples, config, run_name,
-                        log=logger.info)
+    manifest = train_clip(store, shards, data_hash, n_samples, config, run_name, log=logger.info)
     logger.info("trained %s: %d samples seen in %.0f s (%s samples/s); checkpoint %s", run_name,
-                result.samples_seen, result.seconds, result.samples_per_second, result.checkpoint)
-    return result.to_dict()
+                manifest["rows"]["samples_seen"], manifest["stats"]["seconds"], manifest["stats"]["samples_per_second"],
+                manifest["outputs"]["checkpoint"])
+    return manifest

@@ -8,6 +8,7 @@ from tasks.cluster.hierarchical import HierarchicalKMeans, LevelSpec, resample_i
 from tasks.cluster.imported import import_embeddings
 from tasks.cluster.pool_input import pool_embeddings
 from tasks.cluster.tree import StoreCheckpoints, load_tree, sample_labels, samples_per_cluster
+from tasks.common.catalog import Catalog
 from tasks.common.errors import InputError
 from tasks.common.store import Store
 
@@ -118,8 +119,9 @@ def test_out_of_core_input_streamed_from_the_store(tmp_path):
         keep = rng.random(500) > 0.2
         uids = np.array([f"{number}-{i}" for i in range(500)])
         shards.append((uids, matrix, keep))
-    import_embeddings(store, "imported", shards)
-    pool = pool_embeddings(store, "imported")
+    catalog = Catalog(store)
+    import_embeddings(catalog, "imported", shards)
+    pool = pool_embeddings(store, catalog.snapshot("imported"))
     assert pool.rows == sum(int(s[2].sum()) for s in shards)
     np.testing.assert_array_equal(pool.uids, np.concatenate([s[0][s[2]] for s in shards]))
     expected = np.concatenate([s[1][s[2]] for s in shards])
@@ -137,9 +139,9 @@ def test_shards_of_different_dimensions_are_refused(tmp_path):
     store = Store(str(tmp_path))
     shards = [(np.array(["a", "b"]), np.ones((2, 8), np.float16)), (np.array(["c"]), np.ones((1, 4), np.float16))]
     with pytest.raises(InputError, match="imported shard 1: dimension 4, earlier shards 8"):
-        import_embeddings(store, "bad", shards)
-    with pytest.raises(InputError, match="pool 'missing'.*run pool_refresh with an embedder"):
-        pool_embeddings(store, "missing")
+        import_embeddings(Catalog(store), "bad", shards)
+    with pytest.raises(InputError, match="no pool 'missing'.*run pool_refresh"):
+        pool_embeddings(store, Catalog(store).snapshot("missing"))
 
 
 def test_split_level_one_splits_every_coarse_cluster():

@@ -9,10 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks.common.catalog import Catalog, ShardRecord
 from tasks.common.errors import InputError
 from tasks.common.store import Store
-from tasks.embed.run import embed_shard, shard_output_name
+from tasks.embed.run import embed_shard as embed_shard_record
 from tasks.embed.spec import EmbedderSpec
+
+
+def embed_shard(store, tar, parquet, spec, folder, shard_id="00000-test-00000", n_success=None):
+    """One shard of the pool, by its record, into the files the catalog gives it under ``folder``."""
+    record = ShardRecord(shard_id=shard_id, tar=tar, parquet=parquet, n_rows=0,
+                         n_success=n_success or 0, content_hash="")
+    return embed_shard_record(store, record, spec, Catalog.embedded_shard(folder, shard_id,
+                                                                            bool(spec.caption_model)))
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +36,11 @@ def _load(store, rel):
 def test_outputs_are_row_aligned_with_the_shard(small_pool, spec, tmp_path):
     shard = small_pool["manifest"]["outputs"]["shards"][0]
     store = Store(str(tmp_path))
-    summary = embed_shard(store, shard["tar"], shard["parquet"], spec, "emb")
-    name = shard_output_name(shard["tar"])
-    assert summary == {"name": name, "parquet": f"emb/{name}.parquet", "rows": shard["n_success"],
-                       "embedded": shard["n_success"], "reasons": {}}
+    summary = embed_shard(store, shard["tar"], shard["parquet"], spec, "emb", shard["shard_id"])
+    name = shard["shard_id"]
+    assert summary == {"shard_id": name, "parquet": f"emb/{name}.parquet", "image_embeddings": f"emb/{name}.img.npy",
+                       "text_embeddings": f"emb/{name}.txt.npy", "caption_embeddings": None,
+                       "rows": shard["n_success"], "embedded": shard["n_success"], "reasons": {}}
     table = pd.read_parquet(store.path(f"emb/{name}.parquet"))
     images, texts = _load(store, f"emb/{name}.img.npy"), _load(store, f"emb/{name}.txt.npy")
     assert images.shape == (len(table), 128) == texts.shape and images.dtype == np.float16

@@ -29,6 +29,17 @@ def test_demo_sets_are_balanced_and_readable(eval_root):
     assert tasks["demo/retrieval"].main_metric == "mean_recall@1" and tasks["demo/concepts"].main_metric == "acc1"
 
 
+def test_no_caption_and_no_image_occurs_twice(eval_root):
+    # duplicate captions or images would tie in retrieval, and the tie rule would decide recall@1
+    tasks = {t.key: t for t in read_tasklist(str(eval_root / "tasklist.yml"))}
+    samples = list(iter_samples(open_eval_set(tasks["demo/retrieval"])))
+    captions = [caption for _, texts in samples for caption in texts]
+    assert len(captions) == 72 and len(set(captions)) == len(captions)
+    for key in ("demo/retrieval", "demo/concepts"):
+        images = [(image.size, image.tobytes()) for image, _ in iter_samples(open_eval_set(tasks[key]))]
+        assert len(set(images)) == len(images)
+
+
 def test_regenerating_is_deterministic(eval_root, tmp_path):
     other = tmp_path / "again"
     generate_eval_sets(other, seed=5, n_concepts=12, per_class=3, per_concept_retrieval=2)

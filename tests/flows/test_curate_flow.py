@@ -15,6 +15,7 @@ from tasks.cluster.hierarchical import HierarchicalKMeans
 from tasks.cluster.imported import import_embeddings
 from tasks.cluster.pool_input import pool_embeddings
 from tasks.cluster.tree import load_tree
+from tasks.common.catalog import Catalog
 from tasks.common.dask_cluster import dask_client
 from tasks.common.errors import InputError
 from tasks.common.store import Store
@@ -31,7 +32,7 @@ def shards(n_shards=6, rows=10_000, dim=32, seed=0):
 
 def test_killed_clustering_resumes_at_its_last_step(prefect_harness, tmp_path):
     store = Store(str(tmp_path))
-    import_embeddings(store, "synthetic", shards())
+    import_embeddings(Catalog(store), "synthetic", shards())
     levels_json = '[200, {"k": 40, "resampling_steps": 30}, {"k": 8, "resampling_steps": 30}]'
     args = [sys.executable, "-m", "flows.curate", "--store", store.root, "--pool-name", "synthetic", "--levels",
             levels_json, "--engine", "dask"]
@@ -48,16 +49,16 @@ def test_killed_clustering_resumes_at_its_last_step(prefect_harness, tmp_path):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     folder = steps[0].split("/level-2/")[0]
-    assert store.exists(f"{folder}/level-1/level.json") and not store.exists(f"{folder}/tree.json")
+    assert store.exists(f"{folder}/level-1/level.json") and not store.exists(f"{folder}/manifest.json")
     before = {p: store.local_path(p).stat().st_mtime_ns
               for p in store.list(folder, "level-1/*") + store.list(folder, "level-2/steps/*.npy")}
     out = curate(store=store.root, pool_name="synthetic", clustering={"levels": LEVELS, "engine": "dask"})
     assert {p: store.local_path(p).stat().st_mtime_ns for p in before} == before  # finished work not redone
-    assert out["tree"]["folder"] == store.uri(folder)
+    assert out["tree"]["outputs"]["folder"] == store.uri(folder) and store.exists(f"{folder}/manifest.json")
     resumed = load_tree(store, folder)
     with dask_client(n_workers=2) as client:  # uninterrupted, on the same blocks
         reference = HierarchicalKMeans(LEVELS, engine="dask", client=client).fit(
-            pool_embeddings(store, "synthetic").as_dask_array())
+            pool_embeddings(store, Catalog(store).snapshot("synthetic")).as_dask_array())
     for ours, theirs in zip(resumed, reference.levels_):
         np.testing.assert_array_equal(ours.labels, theirs.labels)
     assert store.local_path(f"{folder}/cluster_sizes.png").read_bytes().startswith(b"\x89PNG")
@@ -67,7 +68,7 @@ def test_bad_input(prefect_harness, tmp_path):
     store = Store(str(tmp_path))
     with pytest.raises(InputError, match="pool 'nothing'.*does not exist"):
         curate(store=store.root, pool_name="nothing")
-    import_embeddings(store, "small", shards(n_shards=1, rows=50))
+    import_embeddings(Catalog(store), "small", shards(n_shards=1, rows=50))
     with pytest.raises(InputError, match="unknown setting"):
         curate(store=store.root, pool_name="small", clustering={"level": [3]})
     with pytest.raises(InputError, match="level 1: k=100 is larger than its 50 inputs"):

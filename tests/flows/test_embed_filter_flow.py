@@ -15,10 +15,11 @@ from flows.curate import curate
 from flows.embed_filter import run_embed_filter
 from tasks.cluster.tree import load_tree
 from flows.pool_refresh import pool_refresh
+from tasks.common.catalog import Catalog
 from tasks.common.errors import InputError
 from tasks.common.store import Store
 from tasks.demo_pool.eval_sets import generate_eval_sets
-from tasks.evaluate.filter_truth import filter_precision_recall
+from tasks.demo_pool.filter_truth import filter_precision_recall
 from tests_support import SMALL_POOL
 
 # The barely trained test model puts all images in a narrow cone: only copies reach this cosine.
@@ -42,7 +43,7 @@ def filtered(small_pool, small_index, web_server, tiny_checkpoint, tasklist):
 
 
 def _decisions(manifest):
-    return pd.concat([pd.read_parquet(uri) for uri in manifest["outputs"]["decisions"]], ignore_index=True)
+    return pd.concat([pd.read_parquet(uri) for uri in manifest["outputs"]["decisions"].values()], ignore_index=True)
 
 
 def test_filters_find_what_was_planted(filtered, small_truth, small_pool):
@@ -76,9 +77,18 @@ def test_report_manifests_and_alignment(filtered, small_pool):
                                          "semdedup", "clip_score", "embed"}
     assert report["overlap"]["basic"]["basic"] == report["removed_by"]["basic"]
     assert store.read_bytes(out["filters"]["outputs"]["plot"][len(store.root) + 1:]).startswith(b"\x89PNG")
-    for shard, decisions in zip(out["embeddings"]["outputs"]["shards"], out["filters"]["outputs"]["decisions"]):
-        assert pd.read_parquet(shard["parquet"])["uid"].tolist() == pd.read_parquet(decisions)["uid"].tolist()
-    assert store.read_json("pools/e2e/filters.json")["filters"].endswith("/manifest.json")
+    decisions = out["filters"]["outputs"]["decisions"]
+    pool_shards = [s["shard_id"] for s in small_pool["manifest"]["outputs"]["shards"] if s["n_success"] > 0]
+    assert [shard["shard_id"] for shard in out["embeddings"]["outputs"]["shards"]] == pool_shards == list(decisions)
+    for shard in out["embeddings"]["outputs"]["shards"]:  # joined on shard ids, row-aligned
+        assert pd.read_parquet(shard["parquet"])["uid"].tolist() == \
+            pd.read_parquet(decisions[shard["shard_id"]])["uid"].tolist()
+    snapshot = Catalog(store).snapshot("e2e")
+    assert snapshot.filters.manifest == out["filters"] and snapshot.embeddings.manifest == out["embeddings"]
+    for stage in ("embeddings", "filters"):  # every stage's manifest is written in its folder, last
+        folder = store.relative(out[stage]["outputs"]["folder"])
+        assert store.read_json(f"{folder}/manifest.json") == out[stage]
+        assert Catalog(store).missing_outputs(out[stage]) == []
 
 
 def test_second_run_embeds_nothing(filtered, small_pool, tiny_checkpoint, tasklist):
@@ -98,11 +108,13 @@ def test_curate_clusters_the_filtered_pool(filtered, small_pool, tiny_checkpoint
     state = curate(store=str(small_pool["store"]), pool_name="e2e", return_state=True,
                    clustering={"levels": [20, {"k": 5, "resampling_steps": 2}], "engine": "dask"})
     tree = state.result()["tree"]
-    assert [level["k"] for level in tree["levels"]] == [20, 5]
-    assert tree["samples"] == out["filters"]["rows"]["kept"]
-    assert tree["levels"][1]["samples_per_cluster"]["mean"] * 5 == pytest.approx(tree["samples"])
-    levels = load_tree(Store(str(small_pool["store"])), tree["folder"][len(str(small_pool["store"])) + 1:])
-    assert len(levels[0].labels) == tree["samples"]
+    assert [level["k"] for level in tree["stats"]["levels"]] == [20, 5]
+    assert tree["rows"]["samples"] == out["filters"]["rows"]["kept"]
+    assert tree["inputs"]["filters"] == out["filters"]["content_hash"]
+    assert tree["stats"]["levels"][1]["samples_per_cluster"]["mean"] * 5 == pytest.approx(tree["rows"]["samples"])
+    store = Store(str(small_pool["store"]))
+    levels = load_tree(store, store.relative(tree["outputs"]["folder"]))
+    assert len(levels[0].labels) == tree["rows"]["samples"]
     assert task_run_states(state.state_details.flow_run_id)["cluster_pool"] == ["Completed"]
     again = curate(store=str(small_pool["store"]), pool_name="e2e", return_state=True,
                    clustering={"levels": [20, {"k": 5, "resampling_steps": 2}], "engine": "dask"})
@@ -141,7 +153,7 @@ def test_killed_embedding_resumes_per_shard(small_pool, tiny_checkpoint, tmp_pat
 
 def test_bad_inputs(small_pool, tiny_checkpoint):
     store = str(small_pool["store"])
-    with pytest.raises(InputError, match="pool 'nopool': no manifest"):
+    with pytest.raises(InputError, match="pool_name: no pool 'nopool'"):
         run_embed_filter(store, "nopool", {"model": "Tiny-ViT-48px", "checkpoint": tiny_checkpoint})
     with pytest.raises(InputError, match="unknown setting"):
         run_embed_filter(store, "e2e", {"model": "Tiny-ViT-48px", "checkpoint": tiny_checkpoint}, {"minimum": 3})

@@ -42,8 +42,8 @@ def test_pipeline_trains_and_evaluates_every_subset(prefect_harness, small_index
     for name, subset in ((n, s) for n, s in out["subsets"].items() if n in out["results"]):
         table = pd.read_parquet(subset["outputs"]["parquet"])
         trained = out["results"][name]["train"]
-        assert trained["n_train_samples"] == len(table) == subset["rows"]["subset"]
-        assert trained["data_hash"] == subset["content_hash"]
+        assert trained["rows"]["train_samples"] == len(table) == subset["rows"]["subset"]
+        assert trained["inputs"]["data"] == subset["content_hash"]
         members = set()
         for shard in subset["outputs"]["shards"]:
             with tarfile.open(shard["tar"]) as tar:
@@ -53,7 +53,7 @@ def test_pipeline_trains_and_evaluates_every_subset(prefect_harness, small_index
     assert len(pd.read_parquet(out["subsets"]["balanced"]["outputs"]["parquet"])) == 60
     # every balanced sample passed the filters
     kept = out["pool"]["filters"]["rows"]["kept"]
-    assert out["tree"]["samples"] == kept
+    assert out["tree"]["rows"]["samples"] == kept
 
     again = pipeline(**arguments, return_state=True)
     assert again.result()["results"] == out["results"]

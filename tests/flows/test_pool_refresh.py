@@ -8,6 +8,7 @@ from prefect.artifacts import Artifact
 
 from flow_support import FAST_DOWNLOAD, shard_metadata, shard_samples, task_run_states
 from flows.pool_refresh import pool_refresh
+from tasks.common.catalog import Catalog
 from tasks.common.store import Store
 
 PLANTED = {"failed_to_download": ("http_404", "timeout", "truncated"), "failed_to_resize": ("not_an_image",)}
@@ -88,3 +89,21 @@ def test_index_and_store_on_s3(prefect_harness, s3_bucket, small_index, small_tr
     store = Store(f"{s3_bucket}/store")
     assert store.read_json("pools/ons3/manifest.json")["content_hash"] == manifest["content_hash"]
     assert store.list("_prefect/results")  # the cache records live in the store too
+
+
+def test_deleted_output_of_a_cached_slice_is_downloaded_again(first_run, small_index, web_server):
+    """A slice whose tar was deleted by hand is not a cache hit: it is downloaded again, and the pool is whole."""
+    store = Store(str(first_run["store"]))
+    victim = first_run["manifest"]["outputs"]["shards"][0]
+    store.remove(store.relative(victim["tar"]))
+    before = sum(web_server.requests.values())
+    state = pool_refresh(pool_index=str(small_index), store=str(first_run["store"]), pool_name="e2e",
+                         return_state=True, **FAST_DOWNLOAD)
+    states = task_run_states(state.state_details.flow_run_id)
+    assert sorted(states["download_slice"]) == ["Cached", "Completed"]  # only the damaged slice ran
+    assert sum(web_server.requests.values()) > before
+    manifest = state.result()
+    assert store.exists(store.relative(victim["tar"]))
+    assert Catalog(store).missing_outputs(manifest) == []
+    assert {s["shard_id"] for s in manifest["outputs"]["shards"]} == \
+        {s["shard_id"] for s in first_run["manifest"]["outputs"]["shards"]}

@@ -35,7 +35,7 @@ def _wait_for_partial_state(store: Path, process, limit_s=240) -> None:
     """Until slice 0 is published and slice 1 has finished at least one shard (bounded)."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        done = list((store / "pools/killed/slices").glob("00000-*/_SUCCESS.json"))
+        done = list((store / "pools/killed/slices").glob("00000-*/manifest.json"))
         if done and any("/00001-" in str(p) for p in _staged_stats(store)):
             return
         if process.poll() is not None:
@@ -67,7 +67,7 @@ def test_killed_download_resumes_without_redoing_or_repeating(prefect_harness, s
         _wait_for_partial_state(store, process)
         _kill_everything(process, store)
 
-        published = list((store / "pools/killed/slices").glob("*/_SUCCESS.json"))
+        published = list((store / "pools/killed/slices").glob("*/manifest.json"))
         assert len(published) == 1, "the kill came too late to test a resume"
         done_rows = 300 * len(published) + sum(len(pd.read_parquet(p.with_name(p.name.replace("_stats.json", ".parquet"))))
                                                for p in _staged_stats(store))

@@ -10,9 +10,12 @@ import pytest
 
 from tasks.cluster.hierarchical import ClusterLevel
 from tasks.cluster.tree import StoreCheckpoints
+from tasks.common.catalog import Catalog, shard_id
 from tasks.common.errors import InputError
+from tasks.common.manifest import Manifest
 from tasks.common.store import Store
-from tasks.sample.run import SubsetConfig, make_subset
+from tasks.sample.run import SubsetConfig
+from tasks.sample.run import make_subset as make_subset_from_snapshot
 from tasks.sample.subset_files import DATACOMP_DTYPE, datacomp_uid_array, uids_from_datacomp
 from tasks.train.task import training_data
 
@@ -20,8 +23,16 @@ WORDS = ["red circle", "blue square", "green star", "website screenshot", "bar c
 WEIGHTS = np.array([0.6, 0.2, 0.1, 0.07, 0.03])
 
 
+def make_subset(store: Store, pool: str, name: str, config: SubsetConfig, trees: dict):
+    """The sampling stage on the pool as the catalog resolves it now."""
+    catalog = Catalog(store)
+    return make_subset_from_snapshot(catalog, catalog.snapshot(pool), name, config, trees)
+
+
 def write_pool(store: Store, n_shards: int = 3, rows: int = 40, seed: int = 0) -> pd.DataFrame:
-    """A downloaded pool: per shard a tar (jpg, txt, json) and img2dataset's parquet; returns all samples."""
+    """A downloaded pool: per shard a tar (jpg, txt, json) and img2dataset's parquet, published through
+    the catalog as a download would; returns all samples."""
+    catalog = Catalog(store)
     rng = np.random.default_rng(seed)
     shards, samples = [], []
     for number in range(n_shards):
@@ -39,18 +50,21 @@ def write_pool(store: Store, n_shards: int = 3, rows: int = 40, seed: int = 0) -
                     info = tarfile.TarInfo(f"{row.key}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-        folder = f"pools/test/slices/00000-abc"
+        folder = catalog.slice_folder("test", 0, f"abc{seed}")
         tar_uri = store.write_bytes(f"{folder}/{number:05d}.tar", buffer.getvalue())
         parquet = store.write_bytes(f"{folder}/{number:05d}.parquet",
                                     frame.drop(columns=["concept"]).to_parquet(index=False))
-        shards.append({"tar": tar_uri, "parquet": parquet, "n_success": rows - 1, "n_rows": rows})
+        shards.append({"shard_id": shard_id(0, f"abc{seed}", number), "tar": tar_uri, "parquet": parquet,
+                       "n_success": rows - 1, "n_rows": rows, "content_hash": f"{seed}-{number}"})
         samples.append(frame[frame["status"] == "success"])
-    store.write_json("pools/test/manifest.json", {"content_hash": f"pool-{seed}", "outputs": {"shards": shards}})
+    catalog.publish_pool(Manifest(stage="download", name="test", store=store.root, config={}, code_version="test",
+                                  outputs={"shards": shards}))
     return pd.concat(samples, ignore_index=True)
 
 
-def write_tree(store: Store, samples: pd.DataFrame, folder: str = "clusters/test/t") -> str:
-    """A 2-level tree: level-1 clusters = the concepts, one top cluster for concepts 0-2, one for 3-4."""
+def write_tree(store: Store, samples: pd.DataFrame, folder: str = "clusters/test/t") -> dict:
+    """A 2-level tree: level-1 clusters = the concepts, one top cluster for concepts 0-2, one for 3-4;
+    returns its manifest, as the clustering stage publishes it."""
     checkpoints = StoreCheckpoints(store, folder)
     labels = samples["concept"].to_numpy()
     level1 = ClusterLevel(centroids=np.eye(5, dtype=np.float32), labels=labels,
@@ -59,9 +73,10 @@ def write_tree(store: Store, samples: pd.DataFrame, folder: str = "clusters/test
                           distances=np.zeros(5, dtype=np.float32))
     checkpoints.save_level(1, level1)
     checkpoints.save_level(2, level2)
-    store.write_bytes(f"{folder}/inputs.parquet", samples[["uid"]].to_parquet(index=False))
-    store.write_json(f"{folder}/tree.json", {"config": {"metric": "l2"}})
-    return folder
+    inputs = store.write_bytes(f"{folder}/inputs.parquet", samples[["uid"]].to_parquet(index=False))
+    return Catalog(store).publish(folder, Manifest(
+        stage="cluster", name="test", store=store.root, config={"metric": "l2"}, code_version="test",
+        outputs={"folder": store.uri(folder), "inputs": inputs}))
 
 
 @pytest.fixture
@@ -164,24 +179,15 @@ def test_bad_recipes(pool):
     assert not store.exists("subsets/test") or not store.list("subsets/test", "*/manifest.json")
 
 
-@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
-def test_tar_reader_agrees_with_tarfile(tar_format):
-    from tasks.sample.subset_files import tar_files
-
-    buffer = io.BytesIO()
-    files = {"k1.jpg": b"x" * 513, "k1.txt": "caption é".encode(), "k2.jpg": b"", "k3.json": b"{}" * 300,
-             "dir/k4.txt": b"in a folder", ("d" * 120 if tar_format != tarfile.USTAR_FORMAT else "d" * 90)
-             + "/k5.txt": b"long path"}
-    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
-        folder = tarfile.TarInfo("dir")
-        folder.type = tarfile.DIRTYPE
-        tar.addfile(folder)
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            if tar_format == tarfile.PAX_FORMAT:
-                info.pax_headers = {"comment": "x"}
-            tar.addfile(info, io.BytesIO(data))
-    buffer.seek(0)
-    got = dict(tar_files(buffer, {"k1": "a", "k3": "b", "k4": "c", "k5": "d", "k2": "e"}))
-    assert got == {name.rsplit("/", 1)[-1]: data for name, data in files.items()}
+def test_subset_is_made_from_the_snapshot_it_was_given(pool):
+    """A pool refresh between resolving the catalog and making the subset does not mix snapshots."""
+    store, samples, _ = pool
+    catalog = Catalog(store)
+    before = catalog.snapshot("test")
+    write_pool(store, n_shards=2, rows=30, seed=1)  # a refresh publishes another pool under the same name
+    config = SubsetConfig.from_dict({"recipe": [{"step": "random", "target": 10}], "reshard": False})
+    manifest = make_subset_from_snapshot(catalog, before, "snap", config, {})
+    uids = set(pd.read_parquet(manifest["outputs"]["parquet"])["uid"])
+    assert uids <= set(samples["uid"]) and manifest["inputs"]["pool"] == before.pool.content_hash
+    after = make_subset(store, "test", "snap", config, {})
+    assert after["inputs"]["pool"] != before.pool.content_hash and after["outputs"]["folder"] != manifest["outputs"]["folder"]

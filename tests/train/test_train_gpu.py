@@ -18,5 +18,5 @@ def test_trains_on_cuda(small_pool, tmp_path):
     shards, data_hash, n = training_data(small_pool["manifest"])
     result = train_clip(store, shards, data_hash, n, scale_config(
         "tiny", {"samples_seen": 512, "batch_size": 64, "checkpoint_steps": 4}), "gpu")
-    assert result.device.startswith("cuda") and result.samples_seen == 512
-    assert store.exists(result.folder[len(store.root) + 1:] + "/checkpoints/epoch_2.pt")
+    assert result["stats"]["device"].startswith("cuda") and result["rows"]["samples_seen"] == 512
+    assert store.exists(store.relative(result["outputs"]["checkpoint"]))

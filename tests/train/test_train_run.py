@@ -34,13 +34,13 @@ def few_steps(data, tmp_path_factory):
 
 def test_trains_and_publishes_checkpoints(few_steps, data):
     store, result = few_steps
-    folder = result.folder[len(store.root) + 1:]
-    assert (result.epochs, result.samples_per_epoch, result.samples_seen) == (2, 256, 512)
-    assert result.n_train_samples == data[2] and result.resumed_from_epoch == 0
+    folder = store.relative(result["outputs"]["folder"])
+    assert (result["rows"]["epochs"], result["stats"]["samples_per_epoch"], result["rows"]["samples_seen"]) == (2, 256, 512)
+    assert result["rows"]["train_samples"] == data[2] and result["stats"]["resumed_from_epoch"] == 0
     assert store.list(f"{folder}/checkpoints") == [f"{folder}/checkpoints/epoch_1.pt",
                                                    f"{folder}/checkpoints/epoch_2.pt"]
-    assert result.checkpoint == store.uri(f"{folder}/checkpoints/epoch_2.pt")
-    assert store.read_json(f"{folder}/_SUCCESS.json") == result.to_dict()
+    assert result["outputs"]["checkpoint"] == store.uri(f"{folder}/checkpoints/epoch_2.pt")
+    assert store.read_json(f"{folder}/manifest.json") == result and result["stage"] == "train"
     assert "Train Epoch: 1" in store.read_bytes(f"{folder}/out.log").decode()
     assert not store.exists(f"_staging/{folder}")
     import torch
@@ -84,14 +84,15 @@ def test_killed_training_resumes_from_the_store_on_a_new_machine(data, tmp_path)
     process.wait(timeout=30)
     time.sleep(1)  # the training child dies with its parent
     published = {int(p.rsplit("_", 1)[1][:-3]) for p in store.list(f"{folder}/checkpoints", "epoch_*.pt")}
-    assert 2 <= max(published) < config.epochs and not store.exists(f"{folder}/_SUCCESS.json")
+    assert 2 <= max(published) < config.epochs and not store.exists(f"{folder}/manifest.json")
     # a new machine: nothing local survives, only the store
     import shutil
 
     shutil.rmtree(store.path(f"_staging/{folder}"))
     result = train_clip(store, shards, data_hash, n, config, "killed")
-    assert result.resumed_from_epoch == max(published)
-    assert result.epochs == config.epochs == 8 and result.samples_seen == config.realised_samples_seen == 2048
+    assert result["stats"]["resumed_from_epoch"] == max(published)
+    assert result["rows"]["epochs"] == config.epochs == 8
+    assert result["rows"]["samples_seen"] == config.realised_samples_seen == 2048
     assert len(store.list(f"{folder}/checkpoints", "epoch_*.pt")) == config.epochs
     log = store.read_bytes(f"{folder}/out.log").decode()
     assert "resuming checkpoint" in log and f"Train Epoch: {config.epochs - 1}" in log

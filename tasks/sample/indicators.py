@@ -10,7 +10,9 @@ Out: :func:`indicators`: a JSON-ready dict: label-set size and coverage, per-cla
 
 With an empty label set (every count 0) the statistics and shares are 0, not undefined. The
 normalised entropy is ``H(p) / log(label_set_size)``, 1 for perfectly even classes; it is defined
-as 0 for a label set of 0 or 1 class, where ``log(label_set_size)`` is 0.
+as 0 for a label set of 0 or 1 class, where ``log(label_set_size)`` is 0. Tiny and degenerate
+counts (one class, all classes empty or equal) give finite figures; what is not a vector of
+counts (no classes at all, NaN, negative or fractional values) raises InputError naming it.
 """
 
 from __future__ import annotations

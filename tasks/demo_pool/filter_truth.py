@@ -5,6 +5,10 @@ In:  the filter decisions of a pool (every sample's ``keep_<filter>`` and ``reas
      count, precision (removed samples that were planted defects) and recall (planted defects
      removed). Dedup checks are counted per duplicate group: a group of k copies needs k - 1
      removals, whichever member is kept.
+
+Any input gives an answer (no samples, no overlap, one sample, NaN): a missing keep flag counts
+as kept, a missing truth flag as not planted, and precision or recall is None where nothing was
+removed or nothing planted.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ DEDUP_CHECKS = {"exact duplicates": ("exact_dedup", ("exact",)),
 def _row(check, filter_name, planted, removed, true_positive, needed=None):
     needed = planted if needed is None else needed
     return {"check": check, "filter": filter_name, "planted": int(planted), "removed": int(removed),
-            "precision": round(true_positive / removed, 3) if removed else None,
-            "recall": round(min(true_positive, needed) / needed, 3) if needed else None}
+            "precision": round(float(true_positive / removed), 3) if removed else None,
+            "recall": round(float(min(true_positive, needed) / needed), 3) if needed else None}
 
 
 def filter_precision_recall(decisions: pd.DataFrame, truth: pd.DataFrame) -> list[dict]:
@@ -43,11 +47,11 @@ def filter_precision_recall(decisions: pd.DataFrame, truth: pd.DataFrame) -> lis
         if f"keep_{name}" not in frame:
             continue
         if reasons is None:
-            removed = ~frame[f"keep_{name}"]
+            removed = frame[f"keep_{name}"].eq(False)  # NaN: no decision, kept
         else:
             pattern = r"(?:^|,)(?:" + "|".join(reasons) + r")(?:,|$)"
-            removed = frame[f"reason_{name}"].fillna("").str.contains(pattern)
-        planted = planted_of(frame).to_numpy(dtype=bool)
+            removed = frame[f"reason_{name}"].fillna("").astype(str).str.contains(pattern)
+        planted = planted_of(frame).eq(True).to_numpy()  # NaN: not planted
         rows.append(_row(check, name, planted.sum(), removed.sum(), (removed.to_numpy() & planted).sum()))
     for check, (name, kinds) in DEDUP_CHECKS.items():
         if f"keep_{name}" not in frame:
@@ -56,15 +60,15 @@ def filter_precision_recall(decisions: pd.DataFrame, truth: pd.DataFrame) -> lis
         group = np.where(copies, frame["dup_of"], frame["uid"])
         size = pd.Series(group).map(pd.Series(group).value_counts()).to_numpy()
         in_group = size >= 2
-        removed = ~frame[f"keep_{name}"].to_numpy()
+        removed = frame[f"keep_{name}"].eq(False).to_numpy()
         removed_per_group = pd.Series(removed & in_group).groupby(group).sum()
         needed = pd.Series(size, index=group).groupby(level=0).first() - 1
-        found = np.minimum(removed_per_group, needed).sum()
-        rows.append(_row(check, name, copies.sum(), removed.sum(), found, needed=needed.sum()))
+        found = int(np.minimum(removed_per_group, needed).sum())
+        rows.append(_row(check, name, copies.sum(), removed.sum(), found, needed=int(needed.sum())))
         # precision: a removal is right when the sample is in any planted group of copies (a pHash
         # match of an exact duplicate is right too), whichever kinds the check's recall counts
         any_copy = frame["dup_kind"].fillna("") != ""
         any_group = np.where(any_copy, frame["dup_of"], frame["uid"])
         in_any_group = pd.Series(any_group).map(pd.Series(any_group).value_counts()).to_numpy() >= 2
-        rows[-1]["precision"] = round((removed & in_any_group).sum() / removed.sum(), 3) if removed.sum() else None
+        rows[-1]["precision"] = round(float((removed & in_any_group).sum() / removed.sum()), 3) if removed.sum() else None
     return rows

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tasks.common.errors import InputError
-from tasks.evaluate.indicators import class_counts, class_sizes_plot, cumulative_counts_plot, indicators
+from tasks.sample.indicators import class_counts, class_sizes_plot, cumulative_counts_plot, indicators
 
 
 def test_hand_computed_counts():
@@ -41,6 +41,16 @@ def test_balanced_and_degenerate_counts():
     assert empty["label_set_size"] == 0 and empty["samples"] == 0 and empty["coverage"] == 0.0
     assert empty["ls5"] == 0.0 and empty["lt100"] == 0.0 and empty["normalised_entropy"] == 0.0
     json.dumps(empty)
+
+
+@pytest.mark.parametrize("counts", [[0], [7], [0, 0, 0], [5, 5, 5], [0, 3]])
+def test_tiny_and_degenerate_counts_never_raise(counts):
+    # one class, no samples, all classes equal: every figure is a finite plain number, and the plots draw
+    out = indicators(counts)
+    assert all(type(v) in (int, float) and math.isfinite(v) for v in out.values())
+    assert out["label_set_size"] == sum(c > 0 for c in counts) and out["classes"] == len(counts)
+    for plot in (cumulative_counts_plot, class_sizes_plot):
+        assert plot({"a": np.array(counts), "b": np.array(counts[:1])}, "degenerate")[:4] == b"\x89PNG"
 
 
 def test_class_counts():
