@@ -17,7 +17,6 @@ bare loop, of the medians over ``--repeats`` runs; the best runs' ratio is print
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import json
 import os
@@ -43,7 +42,7 @@ def bare_loop(shards: list[dict], checkpoint: str, batch_size: int) -> tuple[flo
     import torch
     from PIL import Image
 
-    from tasks.train.launch import register_model_configs
+    from tasks.common.models import register_model_configs
 
     started = time.perf_counter()
     register_model_configs()
@@ -101,7 +100,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    checkpoint = args.checkpoint or sorted(glob.glob(".demo/store/train/raw-pool-*/checkpoints/epoch_*.pt"))[-1]
+    checkpoint = args.checkpoint or demo_checkpoint()
     all_shards = json.loads(Path(args.manifest).read_text())["outputs"]["shards"]
     shards, warmup = all_shards[:args.shards], all_shards[args.shards:args.shards + 2]
     runs = {"bare_loop": [], "embed_stage": []}
@@ -118,6 +117,17 @@ def main() -> None:
                                         "whole_flow_seconds_with_cluster_start_and_warmup": round(whole_flow, 2)})
             print("embed stage", runs["embed_stage"][-1], flush=True)
     print(json.dumps(summary(runs, args.batch_size, len(shards))))
+
+
+def demo_checkpoint() -> str:
+    """The checkpoint of the demo's model trained on the raw pool (``make demo``), found through the catalog."""
+    from tasks.common.catalog import Catalog
+    from tasks.common.store import Store
+
+    runs = Catalog(Store(".demo/store")).training_runs("raw-pool")
+    if not runs:
+        raise SystemExit("no finished raw-pool training run in .demo/store: run `make demo` or pass --checkpoint")
+    return runs[-1]["outputs"]["checkpoint"]
 
 
 def summary(runs: dict, batch_size: int, shards: int) -> dict:

@@ -30,7 +30,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect import flow  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-from tasks.train.launch import MODEL_CONFIGS  # noqa: E402
+from tasks.common.models import MODEL_CONFIGS  # noqa: E402
 from tasks.train.run import SPEED, open_clip_args  # noqa: E402
 from tasks.train.scales import scale_config  # noqa: E402
 from tasks.train.task import train_clip_task, training_data  # noqa: E402

@@ -27,6 +27,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from tasks.common.store import Store  # noqa: E402
 from tasks.demo_pool.eval_sets import generate_eval_sets  # noqa: E402
+from tasks.common.catalog import Catalog  # noqa: E402
 from tasks.evaluate.runner import evaluate_checkpoint  # noqa: E402
 from tasks.train.run import run_folder, train_clip  # noqa: E402
 from tasks.train.scales import scale_config  # noqa: E402
@@ -57,21 +58,21 @@ def main() -> None:
     process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 3600
-    while not store.exists(f"{folder}/checkpoints/epoch_{args.kill_after_epoch}.pt"):
+    while not store.exists(Catalog.checkpoint(folder, args.kill_after_epoch)):
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("the run ended before it could be killed")
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(1)
-    shutil.rmtree(store.path(f"_staging/{folder}"), ignore_errors=True)
+    shutil.rmtree(store.staging_path(folder), ignore_errors=True)
     resumed = train_clip(store, shards, data_hash, n, config, "resumed")
 
     report = {"benchmark": "train_resume", "model": config.model, "killed_after_epoch": args.kill_after_epoch,
               "epochs": config.epochs}
     for name, run in (("uninterrupted", uninterrupted), ("resumed", resumed)):
         summary = evaluate_checkpoint(store, run["config"]["model"], run["outputs"]["checkpoint"], tasklist,
-                                      f"eval/{name}")
+                                      Catalog.evaluation_folder(name, "benchmark"))
         report[name] = {"samples_seen": run["rows"]["samples_seen"], "resumed_from_epoch": run["stats"]["resumed_from_epoch"],
                         **{t["key"]: t["score"] for t in summary["tasks"]}}
         print(name, report[name], flush=True)

@@ -42,7 +42,8 @@ AB_TRAINING = {"samples_seen": 10_240, "batch_size": 128}
 
 @flow(name="demo", log_prints=True)
 def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed: int = 0,
-         timeout: int = 10, dask_address: str = "", train_overrides: dict | None = None) -> dict:
+         timeout: int = 10, dask_address: str = "", train_overrides: dict | None = None,
+         storage_options: dict | None = None) -> dict:
     """Run the pipeline on the demo web pool.
 
     Args:
@@ -53,14 +54,17 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
         timeout: seconds before a download request is abandoned.
         dask_address: an existing Dask scheduler (tcp://host:8786); empty means a local cluster.
         train_overrides: hyperparameters of the ``tiny`` training scale to change (e.g. samples_seen).
+        storage_options: fsspec options for an s3:// store (no secrets: credentials come from the
+            environment or a Prefect Secret block named by "credentials_block").
     """
     work = Path(workdir).absolute()
     store = store or str(work / "store")
-    the_store = store_from(store)
+    the_store = store_from(store, storage_options)
+    on_store = {"store": store, "storage_options": storage_options}
     web_root = str(work / "web")
     generate_demo_pool_task(web_root, demo_config(n_samples, seed), dask_address or None)
     server = start_demo_server(web_root, str(work / "server.json"))
-    download = dict(pool_index="", store=store, pool_name="demo", slice_size=10_000, shard_size=1_000, processes=2,
+    download = dict(pool_index="", **on_store, pool_name="demo", slice_size=10_000, shard_size=1_000, processes=2,
                     threads=16, image_size=256, timeout=timeout, dask_address=dask_address)
     truth = str(Path(web_root) / "truth.parquet")
     try:
@@ -68,7 +72,7 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
         manifest = pool_refresh(**download)
         check = check_download_against_truth(manifest, truth)
         tasklist = generate_demo_eval_sets_task(str(work / "eval"), seed)
-        baseline = train_eval(store=store, data=manifest["outputs"]["folder"], tasklist=tasklist, scale="tiny",
+        baseline = train_eval(**on_store, data=manifest["outputs"]["folder"], tasklist=tasklist, scale="tiny",
                               overrides=train_overrides, run_name="raw-pool")
         long_tail = long_tail_report(the_store, baseline["evaluation"], resolve_pool_task(the_store, "demo"), truth)
         # The model trained on the raw pool is the embedder of the pool (no weights can be downloaded here).
@@ -82,14 +86,14 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
     recipes = demo_subsets(kept)
     trees, subsets = {}, {}
     for name, clustering in demo_trees(kept).items():
-        out = curate(store=store, pool_name="demo", clustering={**clustering, "seed": seed}, subsets=recipes[name],
+        out = curate(**on_store, pool_name="demo", clustering={**clustering, "seed": seed}, subsets=recipes[name],
                      dask_address=dask_address)
         trees[name] = out["tree"]
         subsets.update(out["subsets"])
     cluster_check = check_clusters_against_truth(the_store, trees, truth)
     snapshot = resolve_pool_task(the_store, "demo")  # the filtered pool the subsets were made from
     balance = check_subsets_against_truth(the_store, snapshot, subsets, truth)
-    arms = {name: train_eval(store=store, data=subsets[name]["outputs"]["folder"], tasklist=tasklist, scale="tiny",
+    arms = {name: train_eval(**on_store, data=subsets[name]["outputs"]["folder"], tasklist=tasklist, scale="tiny",
                              overrides={**AB_TRAINING, **(train_overrides or {})}, run_name=run_name("ab", name))
             for name in TRAINED_ARMS}
     ab = curation_ab_report(the_store, snapshot, {name: arm["evaluation"] for name, arm in arms.items()}, balance,

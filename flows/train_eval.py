@@ -18,13 +18,14 @@ from prefect import flow, task
 from tasks.common.catalog import Catalog
 from tasks.common.errors import InputError
 from tasks.common.prefect_settings import use_project_settings
-from tasks.common.prefect_support import cached_in_store, store_from
+from tasks.common.prefect_support import RETRY_DELAYS, cached_in_store, retry_unless_input_error, store_from
 from tasks.common.store import Store
 from tasks.evaluate.task import evaluate_task
 from tasks.train.task import train_clip_task
 
 
-@task(name="read_data_manifest")
+@task(name="read_data_manifest", retries=2, retry_delay_seconds=RETRY_DELAYS[:2],
+      retry_condition_fn=retry_unless_input_error)
 def read_data_manifest(store: Store, data: str) -> dict:
     """The manifest of the pool or subset at ``data``: a stage folder or its manifest, as a URI or a path
     inside the store."""

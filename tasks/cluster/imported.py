@@ -63,7 +63,7 @@ def import_embeddings(catalog: Catalog, pool_name: str, shards: Iterable[tuple])
         stage="embed", name=pool_name, store=store.root, config={"imported": True}, code_version=version,
         inputs={"pool_manifest": pool["content_hash"]},
         outputs={"folder": store.uri(embeddings_folder), "shards": embedded},
-        rows={"samples": total, "embedded": total}))
+        rows={"samples": total, "embedded": total}), archive=True)
     filters_folder = catalog.filter_folder(pool_name, hash_json({"embeddings": embeddings["content_hash"]}))
     written = {ident: store.write_bytes(catalog.filter_decisions(filters_folder, ident), frame.to_parquet(index=False))
                for ident, frame in decisions.items()}

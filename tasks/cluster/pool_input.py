@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.common.catalog import PoolSnapshot
-from tasks.common.errors import InputError
+from tasks.common.errors import InputError, StageFailed
 from tasks.common.store import Store
 
 
@@ -77,13 +77,13 @@ def pool_embeddings(store: Store, snapshot: PoolSnapshot) -> PoolEmbeddings:
     for shard in embedded.shards:
         embeddings = store.relative(shard.image_embeddings)
         if shard.shard_id not in decisions:
-            raise InputError(f"shard {shard.shard_id}: no filter decisions in {filtered.manifest['outputs']['folder']}")
+            raise StageFailed(f"shard {shard.shard_id}: no filter decisions in {filtered.manifest['outputs']['folder']}")
         decision_file = store.relative(decisions[shard.shard_id])
         shape, dtype = npy_header(store, embeddings)
         with store.open(decision_file) as handle:
             frame = pd.read_parquet(handle, columns=["uid", "keep"])
         if len(frame) != shape[0]:
-            raise InputError(f"{store.uri(embeddings)}: {shape[0]} rows but {len(frame)} filter decisions")
+            raise StageFailed(f"{store.uri(embeddings)}: {shape[0]} rows but {len(frame)} filter decisions")
         dims.setdefault(shape[1], store.uri(embeddings))
         kept = frame["keep"].to_numpy(dtype=bool)
         uids.append(frame["uid"].to_numpy()[kept])

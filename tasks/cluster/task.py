@@ -41,7 +41,7 @@ def cluster_pool_task(store: Store, snapshot: dict, config: dict, dask_address: 
                             on_step=on_step)
 
 
-@task(name="cluster_report")
+@task(name="cluster_report", retries=2, retry_delay_seconds=RETRY_DELAYS[:2], retry_condition_fn=retry_unless_input_error)
 def cluster_report_task(tree: dict) -> dict:
     levels = tree["stats"]["levels"]
     rows = [{"level": level["level"], "k": level["k"], "inputs": level["inputs"],

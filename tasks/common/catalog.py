@@ -11,7 +11,7 @@ and ``<hash>`` are 16 hex characters of a content hash)::
     pools/<pool>/inputs/<slice>-<hash>.parquet    the rows of one slice of the pool index
     pools/<pool>/slices/<slice>-<key>/            img2dataset's <n>.tar, <n>.parquet, <n>_stats.json; manifest.json
     pools/<pool>/filters.json                     which embedding and filter runs are the pool's latest
-    embeddings/<pool>/<embedder>/                 <shard_id>.img.npy, .txt.npy, .cap.npy, .parquet; eval-<hash>.img.npy; manifest.json
+    embeddings/<pool>/<embedder>/                 <shard_id>.img.npy, .txt.npy, .cap.npy, .parquet; eval-<hash>.img.npy; manifest.json, manifests/<hash>.json
     filters/<pool>/<run>/                         rows/<shard_id>.parquet, decisions/<shard_id>.parquet, report.json, report.png, manifest.json
     clusters/<pool>/<key>/                        inputs.parquet, level-<n>/, tree.json, cluster_sizes.png, manifest.json
     metaclip/<pool>/metadata-<hash>.json          metadata built from the pool, frozen
@@ -90,6 +90,10 @@ class ShardRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ShardRecord":
+        missing = [name for name in ("shard_id", "parquet", "n_rows", "n_success", "content_hash") if name not in data]
+        if missing:
+            raise InputError(f"shard {data.get('shard_id') or data.get('tar') or data}: its record lacks {missing}; "
+                             "it was not written by this pipeline's download or import")
         return cls(shard_id=data["shard_id"], tar=data.get("tar"), parquet=data["parquet"],
                    n_rows=int(data["n_rows"]), n_success=int(data["n_success"]),
                    content_hash=data["content_hash"])
@@ -178,16 +182,17 @@ class PoolSnapshot:
     pool: PoolRecord
     embeddings: EmbeddingRun | None
     filters: FilterRun | None
+    stale: str = ""  # why the pool's latest embedding and filter runs were left out, if they were
 
     def to_dict(self) -> dict:
         return {"pool": self.pool.manifest, "embeddings": self.embeddings.manifest if self.embeddings else None,
-                "filters": self.filters.manifest if self.filters else None}
+                "filters": self.filters.manifest if self.filters else None, "stale": self.stale}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PoolSnapshot":
         return cls(pool=PoolRecord(data["pool"]["name"], data["pool"]),
                    embeddings=EmbeddingRun(data["embeddings"]) if data.get("embeddings") else None,
-                   filters=FilterRun(data["filters"]) if data.get("filters") else None)
+                   filters=FilterRun(data["filters"]) if data.get("filters") else None, stale=data.get("stale", ""))
 
     @property
     def hashes(self) -> dict:
@@ -197,7 +202,8 @@ class PoolSnapshot:
 
     def require_filtered(self, what: str) -> tuple[EmbeddingRun, FilterRun]:
         if self.embeddings is None or self.filters is None:
-            raise InputError(f"{what}: pool {self.pool.name!r} has not been embedded and filtered; run "
+            why = f" ({self.stale})" if self.stale else ""
+            raise InputError(f"{what}: pool {self.pool.name!r} has not been embedded and filtered{why}; run "
                              "pool_refresh with an embedder (or the embed_filter flow) first")
         return self.embeddings, self.filters
 
@@ -340,14 +346,24 @@ class Catalog:
     def manifest_path(folder: str) -> str:
         return f"{folder.rstrip('/')}/{MANIFEST}"
 
-    def publish(self, folder: str, manifest: Manifest) -> dict:
-        """Write ``manifest`` as the stage run's completion marker (after every output); return it as a dict."""
+    def publish(self, folder: str, manifest: Manifest, archive: bool = False) -> dict:
+        """Write ``manifest`` as the stage run's completion marker (after every output); return it as a dict.
+
+        ``archive``: also keep it by content hash (:meth:`archived_manifest`), for a folder that
+        later runs publish into again (an embedder's folder, shared by every version of the pool).
+        """
         missing = self.missing_outputs(manifest.to_dict())
         if missing:
             raise StoreError(f"stage {manifest.stage} {manifest.name}: cannot publish {self.store.uri(folder)}, "
                              f"outputs missing: {missing[:5]}")
+        if archive:
+            manifest.write(self.store, self.archived_manifest(folder, manifest.content_hash))
         manifest.write(self.store, self.manifest_path(folder))
         return manifest.to_dict()
+
+    @staticmethod
+    def archived_manifest(folder: str, content_hash: str) -> str:
+        return f"{folder.rstrip('/')}/manifests/{content_hash[:16]}.json"
 
     def read_manifest(self, folder: str) -> dict | None:
         path = self.manifest_path(folder)
@@ -371,26 +387,25 @@ class Catalog:
         return manifest
 
     def missing_outputs(self, manifest: dict) -> list[str]:
-        """The output files of ``manifest`` (every URI under this store in its ``outputs``) that are gone."""
-        base = self.store.uri().rstrip("/") + "/"
-        wanted = sorted({uri for uri in _strings(manifest.get("outputs", {})) if uri.startswith(base)})
-        if not wanted:
-            return []
-        present = self._existing(sorted({self.store.relative(uri).rsplit("/", 1)[0] for uri in wanted
-                                         if "/" in self.store.relative(uri)}))
-        return [uri for uri in wanted if self.store.relative(uri) not in present]
+        """The outputs of ``manifest`` (every URI under this store in its ``outputs``) that are gone.
 
-    def _existing(self, folders: list[str]) -> set[str]:
-        """Every file and folder under ``folders`` (one listing per folder, not one request per file)."""
-        found: set[str] = set()
-        for folder in folders:
-            if not self.store.exists(folder):
-                continue
-            for rel in self.store.walk_files(folder):
-                found.add(rel)
-                parts = rel.split("/")
-                found.update("/".join(parts[:i]) for i in range(1, len(parts)))
-        return found
+        One listing of each folder that directly holds outputs (not one request per file, and never
+        a listing of a whole stage area); a folder output that holds other outputs is implied by them.
+        """
+        base = self.store.uri().rstrip("/") + "/"
+        wanted = sorted({self.store.relative(uri) for uri in _strings(manifest.get("outputs", {}))
+                         if uri.startswith(base)})
+        implied = {rel for rel in wanted if any(other.startswith(rel + "/") for other in wanted)}
+        files = [rel for rel in wanted if rel not in implied]
+        parents: dict[str, set[str]] = {}
+        for rel in files:
+            parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+            if parent not in parents:
+                parents[parent] = set(self.store.list(parent)) if self.store.exists(parent) else set()
+        gone = [rel for rel in files if rel not in parents[rel.rsplit("/", 1)[0] if "/" in rel else ""]]
+        present_files = set(files) - set(gone)
+        gone += [rel for rel in implied if not any(f.startswith(rel + "/") for f in present_files)]
+        return [self.store.uri(rel) for rel in sorted(gone)]
 
     # ----- records ------------------------------------------------------------------------------
     def pool(self, pool: str) -> PoolRecord:
@@ -398,8 +413,15 @@ class Catalog:
         path = self.pool_manifest(pool)
         if not self.store.exists(path):
             raise InputError(f"pool_name: no pool {pool!r} in the store ({self.store.uri(path)} does not exist); "
-                             "run pool_refresh (or import_pool) first")
+                             "run pool_refresh first")
         return PoolRecord(pool, self.store.read_json(path))
+
+    def training_runs(self, run: str) -> list[dict]:
+        """The manifests of the finished training runs named ``run`` (any data, any config), oldest first."""
+        folder, _, _ = self.training_folder(run, "x").rpartition("/")
+        found = [self.read_manifest(path) for path in self.store.list(folder, f"{run}-*")] if self.store.exists(
+            folder) else []
+        return sorted((m for m in found if m is not None), key=lambda m: m["created_at"])
 
     def publish_pool(self, manifest: Manifest) -> dict:
         """Archive the pool manifest by hash and make it the pool's latest."""
@@ -412,9 +434,11 @@ class Catalog:
 
     def set_latest_runs(self, pool: str, embeddings: dict, filters: dict) -> None:
         """Make an embedding run and a filter run of ``pool`` the ones later flows resolve to."""
+        embeddings_folder = self.store.relative(embeddings["outputs"]["folder"])
         self.store.write_json(self.latest_runs_pointer(pool), {
-            stage: self.manifest_path(self.store.relative(manifest["outputs"]["folder"]))
-            for stage, manifest in (("embeddings", embeddings), ("filters", filters))})
+            # the embedder's folder is shared by every version of the pool: point at this run's archived copy
+            "embeddings": self.archived_manifest(embeddings_folder, embeddings["content_hash"]),
+            "filters": self.manifest_path(self.store.relative(filters["outputs"]["folder"]))})
 
     def snapshot(self, pool: str) -> PoolSnapshot:
         """Resolve the pool and its latest embedding and filter runs, once, for one flow run."""
@@ -430,7 +454,15 @@ class Catalog:
                 raise StoreError(f"pool {pool!r}: {self.store.uri(pointer)} names {self.store.uri(path)}, which "
                                  "does not exist; run embed_filter again")
             manifests[stage] = self.store.read_json(path)
-        return PoolSnapshot(record, EmbeddingRun(manifests["embeddings"]), FilterRun(manifests["filters"]))
+        embeddings, filters = manifests["embeddings"], manifests["filters"]
+        if filters["inputs"].get("embeddings") != embeddings["content_hash"]:
+            raise StoreError(f"pool {pool!r}: {self.store.uri(pointer)} names a filter run and an embedding run that "
+                             "do not belong together; run embed_filter again")
+        if embeddings["inputs"].get("pool_manifest") != record.content_hash:
+            # the pool changed (a refresh without an embedder) after its last embed-and-filter run
+            return PoolSnapshot(record, None, None, stale="its latest embedding and filter runs were made from an "
+                                                          "earlier version of the pool")
+        return PoolSnapshot(record, EmbeddingRun(embeddings), FilterRun(filters))
 
     @staticmethod
     def layout() -> list[str]:

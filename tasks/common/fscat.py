@@ -6,14 +6,20 @@ CLI, only the fsspec/s3fs credentials the rest of the pipeline uses.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sys
 
 import fsspec
 
 
+OPTIONS_VARIABLE = "CURATION_FSSPEC_OPTIONS"  # JSON fsspec options (the store's), set by the parent
+
+
 def main(uri: str) -> None:
-    with fsspec.open(uri, "rb") as source:
+    options = json.loads(os.environ.get(OPTIONS_VARIABLE) or "{}")
+    with fsspec.open(uri, "rb", **options) as source:
         shutil.copyfileobj(source, sys.stdout.buffer, 1 << 20)
 
 

@@ -75,6 +75,13 @@ class Store:
         options = {k: v for k, v in self.storage_options.items() if k != CREDENTIALS_BLOCK}
         return {**options, **self._credentials}
 
+    def options_for(self, uri: str) -> dict[str, Any]:
+        """fsspec options to read ``uri`` with: the store's (credentials included) when ``uri`` is on the
+        store's kind of filesystem (an evaluation set or task list in the same S3 service), else none."""
+        if "://" not in uri or uri.startswith("file://") or self.is_local:
+            return {}
+        return self.fsspec_options() if uri.split("://", 1)[0] in _protocols(self.fs) else {}
+
     # ----- paths -------------------------------------------------------------
     def path(self, rel: str = "") -> str:
         """Filesystem path (no protocol) of ``rel`` under the root."""

@@ -135,7 +135,7 @@ class SliceResult:
 
 def staging_dir(catalog: Catalog, plan: SlicePlan, config: DownloadConfig) -> Path:
     """Where img2dataset writes before publishing (see :meth:`Store.staging_path`)."""
-    return catalog.store.staging_path(slice_folder(catalog, plan, config).split("/", 1)[1])
+    return catalog.store.staging_path(slice_folder(catalog, plan, config))
 
 
 def write_slice_input(catalog: Catalog, plan: SlicePlan, rows: pd.DataFrame) -> str:

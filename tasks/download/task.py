@@ -45,7 +45,8 @@ def download_slice_task(store: Store, plan: dict, config: dict) -> dict:
     return manifest
 
 
-@task(name="publish_pool_manifest", retries=2, retry_delay_seconds=RETRY_DELAYS[:2])
+@task(name="publish_pool_manifest", retries=2, retry_delay_seconds=RETRY_DELAYS[:2],
+      retry_condition_fn=retry_unless_input_error)
 def publish_pool_task(store: Store, pool_index: str, pool_name: str, plans: list[dict], slices: list[dict],
                       config: dict) -> dict:
     manifest, summary = publish_pool(Catalog(store), pool_index, pool_name, [SlicePlan(**p) for p in plans], slices,

@@ -165,7 +165,7 @@ def embedding_manifest(catalog: Catalog, pool: PoolRecord, spec: EmbedderSpec, f
         stats={"not_embedded": {k: sum(s["reasons"].get(k, 0) for s in shards)
                                 for k in sorted({r for s in shards for r in s["reasons"]})}},
     )
-    return catalog.publish(folder, manifest)
+    return catalog.publish(folder, manifest, archive=True)
 
 
 def embed_eval_sets(store: Store, spec: EmbedderSpec, tasklist: str, target: str) -> str:
@@ -175,7 +175,8 @@ def embed_eval_sets(store: Store, spec: EmbedderSpec, tasklist: str, target: str
     from tasks.evaluate.eval_sets import iter_samples, open_eval_set, read_tasklist
 
     clip, _ = get_embedder(spec, store.fsspec_options())
-    images = [image for task in read_tasklist(tasklist) if task.type != "unsupported"
+    images = [image for task in read_tasklist(tasklist, storage_options=store.options_for(tasklist))
+              if task.type != "unsupported"
               for image, _ in iter_samples(open_eval_set(task))]
     embeddings = clip.embed_images(images) if images else np.zeros((0, 0), np.float32)
     store.write_npy(target, embeddings.astype(np.float16))

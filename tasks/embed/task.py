@@ -43,7 +43,8 @@ def embed_shard_task(store: Store, shard: dict, spec: dict, folder: str) -> dict
     return summary
 
 
-@task(name="publish_embeddings", retries=2, retry_delay_seconds=RETRY_DELAYS[:2])
+@task(name="publish_embeddings", retries=2, retry_delay_seconds=RETRY_DELAYS[:2],
+      retry_condition_fn=retry_unless_input_error)
 def publish_embeddings_task(store: Store, pool: dict, spec: dict, folder: str, shards: list[dict]) -> dict:
     return embedding_manifest(Catalog(store), PoolRecord(pool["name"], pool), EmbedderSpec(**spec), folder, shards)
 

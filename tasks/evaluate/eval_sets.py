@@ -46,6 +46,8 @@ class EvalTask:
     main_metric: str = "acc1"
     random_score: float | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # fsspec options to read the set with (credentials of the store when it lives there); never shown
+    storage_options: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
 
 @dataclass
@@ -55,18 +57,21 @@ class EvalSet:
     shards: list[str]
     classnames: list[str] | None = None
     templates: list[str] | None = None
+    storage_options: dict = field(default_factory=dict, repr=False)
 
 
-def _read_text(path: str) -> str | None:
-    fs, p = fsspec.core.url_to_fs(path)
+def _read_text(path: str, storage_options: dict | None = None) -> str | None:
+    fs, p = fsspec.core.url_to_fs(path, **(storage_options or {}))
     if not fs.exists(p):
         return None
     with fs.open(p, "r", encoding="utf-8") as handle:
         return handle.read()
 
 
-def read_tasklist(tasklist: str, eval_root: str | None = None) -> list[EvalTask]:
-    text = _read_text(tasklist)
+def read_tasklist(tasklist: str, eval_root: str | None = None, storage_options: dict | None = None) -> list[EvalTask]:
+    """The tasks of a task list; ``storage_options``: fsspec options for the list and its sets."""
+    options = dict(storage_options or {})
+    text = _read_text(tasklist, options)
     if text is None:
         raise InputError(f"task list {tasklist!r}: no such file")
     try:
@@ -82,42 +87,44 @@ def read_tasklist(tasklist: str, eval_root: str | None = None) -> list[EvalTask]
         path = settings.get("path") or posixpath.join(base, f"wds_{key.replace('/', '-')}_test")
         if "://" not in path and not path.startswith("/"):
             path = posixpath.join(base, path)
-        kind = settings.get("type") or _default_type(str(key), path)
+        kind = settings.get("type") or _default_type(str(key), path, options)
         if kind not in TASK_TYPES:
             raise InputError(f"task list {tasklist!r}: task {key!r} has type {kind!r}, not one of {TASK_TYPES}")
         default_metric = "mean_recall@1" if kind == "retrieval" else "acc1"
         tasks.append(EvalTask(key=str(key), name=settings.get("name", str(key)), path=path, type=kind,
                               split=settings.get("split", "test"),
                               main_metric=settings.get("main_metric", default_metric),
-                              random_score=settings.get("random_score"), tags=tuple(settings.get("tags", ()))))
+                              random_score=settings.get("random_score"), tags=tuple(settings.get("tags", ())),
+                              storage_options=options))
     return tasks
 
 
-def _default_type(key: str, path: str) -> str:
+def _default_type(key: str, path: str, storage_options: dict) -> str:
     if key.startswith(UNSUPPORTED_PREFIXES):
         return "unsupported"
     if key.startswith("retrieval/"):
         return "retrieval"
-    declared = (_read_text(posixpath.join(path, "dataset_type.txt")) or "").strip().lower()
+    declared = (_read_text(posixpath.join(path, "dataset_type.txt"), storage_options) or "").strip().lower()
     return "retrieval" if declared == "retrieval" else "zeroshot_classification"
 
 
 def open_eval_set(task: EvalTask) -> EvalSet:
     """Check the folder of ``task`` and list its shards; errors name the missing file."""
     nshards_file = posixpath.join(task.path, task.split, "nshards.txt")
-    nshards = _read_text(nshards_file)
+    options = task.storage_options
+    nshards = _read_text(nshards_file, options)
     if nshards is None:
         raise InputError(f"evaluation set {task.key!r}: missing {nshards_file}")
     shards = [posixpath.join(task.path, task.split, f"{i}.tar") for i in range(int(nshards.strip()))]
     for shard in shards:
-        fs, p = fsspec.core.url_to_fs(shard)
+        fs, p = fsspec.core.url_to_fs(shard, **options)
         if not fs.exists(p):
             raise InputError(f"evaluation set {task.key!r}: missing shard {shard}")
     if task.type == "retrieval":
-        return EvalSet(task.path, task.type, shards)
+        return EvalSet(task.path, task.type, shards, storage_options=options)
     names_file = posixpath.join(task.path, "classnames.txt")
     templates_file = posixpath.join(task.path, "zeroshot_classification_templates.txt")
-    names, templates = _read_text(names_file), _read_text(templates_file)
+    names, templates = _read_text(names_file, options), _read_text(templates_file, options)
     if not names or not names.strip():
         raise InputError(f"evaluation set {task.key!r}: zero-shot classification needs class names in {names_file}")
     if not templates or not templates.strip():
@@ -127,7 +134,7 @@ def open_eval_set(task: EvalTask) -> EvalSet:
     if not all("{c}" in t for t in template_lines):
         raise InputError(f"evaluation set {task.key!r}: every template in {templates_file} needs '{{c}}'")
     return EvalSet(task.path, task.type, shards, [n.strip() for n in names.splitlines() if n.strip()],
-                   template_lines)
+                   template_lines, storage_options=options)
 
 
 def iter_samples(eval_set: EvalSet) -> Iterator[tuple[Image.Image, object]]:
@@ -137,7 +144,7 @@ def iter_samples(eval_set: EvalSet) -> Iterator[tuple[Image.Image, object]]:
     :mod:`tasks.common.webdataset`); these sets record no sample count to check against.
     """
     for shard in eval_set.shards:
-        for _, files in webdataset.iter_samples(shard):
+        for _, files in webdataset.iter_samples(shard, storage_options=eval_set.storage_options):
             yield _decode({ext.lower(): data for ext, data in files.items()}, eval_set, shard)
 
 

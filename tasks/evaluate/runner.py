@@ -35,7 +35,7 @@ def run_task(embedder: ClipEmbedder, task: EvalTask) -> dict:
         images.append(image)
         targets.append(target)
     if not images:
-        raise ValueError(f"evaluation set {task.key!r} at {task.path} holds no samples")
+        raise InputError(f"evaluation set {task.key!r} at {task.path} holds no samples")
     image_embeddings = embedder.embed_images(images)
     if task.type == "retrieval":
         texts = [caption for captions in targets for caption in captions]
@@ -45,7 +45,7 @@ def run_task(embedder: ClipEmbedder, task: EvalTask) -> dict:
     template_embeddings = embedder.embed_texts(prompts).reshape(len(eval_set.classnames), len(eval_set.templates), -1)
     labels = np.asarray(targets)
     if labels.max() >= len(eval_set.classnames):
-        raise ValueError(f"evaluation set {task.key!r}: class index {labels.max()} but only "
+        raise InputError(f"evaluation set {task.key!r}: class index {labels.max()} but only "
                          f"{len(eval_set.classnames)} class names")
     metrics = zeroshot_classification(image_embeddings, class_embeddings(template_embeddings), labels)
     metrics["classnames"] = eval_set.classnames
@@ -62,7 +62,7 @@ def read_results(store: Store, results: str) -> list[dict]:
 def evaluate_checkpoint(store: Store, model: str, checkpoint: str, tasklist: str, results: str,
                         eval_root: str | None = None, log=print) -> dict:
     """Run every task of the list not already in the results; return the summary."""
-    tasks = read_tasklist(tasklist, eval_root)
+    tasks = read_tasklist(tasklist, eval_root, store.options_for(tasklist))
     identity = hash_json({"model": model, "checkpoint": checkpoint})
     lines = read_results(store, results)
     done = {(line["key"], line["identity"]) for line in lines}
@@ -84,6 +84,8 @@ def evaluate_checkpoint(store: Store, model: str, checkpoint: str, tasklist: str
         store.write_bytes(f"{results}/results.jsonl",
                           "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode())
         log(f"evaluation {task.key}: {task.main_metric} = {metrics[task.main_metric]:.4f}")
+    if not store.exists(f"{results}/results.jsonl"):  # no task could run (all unsupported): an empty table
+        store.write_bytes(f"{results}/results.jsonl", b"")
     mine = [line for line in lines if line["identity"] == identity and line["key"] in {t.key for t in tasks}]
     summary = {
         "model": model, "checkpoint": checkpoint,
@@ -102,16 +104,17 @@ def stage_code_version() -> str:
     return code_version("evaluate", EVALUATE_VERSION, ("open_clip_torch", "torch"))
 
 
-def tasklist_content_hash(tasklist: str) -> str:
+def tasklist_content_hash(tasklist: str, storage_options: dict | None = None) -> str:
     try:
-        with fsspec.open(tasklist, "rb") as handle:
+        with fsspec.open(tasklist, "rb", **(storage_options or {})) as handle:
             return hash_json(handle.read().decode())
     except FileNotFoundError as exc:
         raise InputError(f"tasklist {tasklist}: no such file") from exc
 
 
 def evaluation_folder(catalog: Catalog, training: dict, tasklist: str, run_name: str) -> str:
-    key = hash_json({"training": training["content_hash"], "tasklist": tasklist_content_hash(tasklist),
+    key = hash_json({"training": training["content_hash"],
+                     "tasklist": tasklist_content_hash(tasklist, catalog.store.options_for(tasklist)),
                      "code": stage_code_version()})
     return catalog.evaluation_folder(run_name, key)
 
@@ -128,7 +131,8 @@ def evaluate_training_run(catalog: Catalog, training: dict, tasklist: str, run_n
     manifest = Manifest(
         stage="evaluate", name=run_name, store=store.root, config={"tasklist": tasklist, "model": model},
         code_version=stage_code_version(),
-        inputs={"training": training["content_hash"], "tasklist": tasklist_content_hash(tasklist)},
+        inputs={"training": training["content_hash"],
+                "tasklist": tasklist_content_hash(tasklist, store.options_for(tasklist))},
         outputs={"folder": store.uri(folder), "results": store.uri(f"{folder}/results.jsonl"),
                  "summary": store.uri(f"{folder}/summary.json")},
         rows={"tasks": len(summary["tasks"])}, stats=summary)

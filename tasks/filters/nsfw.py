@@ -33,9 +33,9 @@ def nsfw_text_decisions(texts: pd.Series, config: FilterConfig) -> pd.DataFrame:
     return pd.DataFrame({"keep_nsfw_text": ~unsafe, "reason_nsfw_text": reason}, index=texts.index)
 
 
-def load_image_head(path: str) -> tuple[np.ndarray, float]:
+def load_image_head(path: str, storage_options: dict | None = None) -> tuple[np.ndarray, float]:
     try:
-        with fsspec.open(path, "rb") as handle:
+        with fsspec.open(path, "rb", **(storage_options or {})) as handle:
             data = np.load(handle)
             return np.asarray(data["weights"], dtype=np.float32).ravel(), float(np.asarray(data["bias"]).ravel()[0])
     except FileNotFoundError as exc:

@@ -14,10 +14,12 @@ import fsspec
 from tasks.common.catalog import Catalog, PoolRecord
 from tasks.common.errors import InputError
 from tasks.common.hashing import hash_json
+from tasks.embed.run import stage_code_version as embed_code_version
 from tasks.embed.spec import EmbedderSpec
+from tasks.evaluate.runner import tasklist_content_hash
 from tasks.filters.config import FilterConfig
 from tasks.filters.run import FILTER_VERSION
-from tasks.train.launch import known_models
+from tasks.common.models import known_models
 
 
 def check_embedder(spec: EmbedderSpec, storage_options: dict | None = None) -> None:
@@ -31,14 +33,13 @@ def check_embedder(spec: EmbedderSpec, storage_options: dict | None = None) -> N
             raise InputError(f"embedder checkpoint {spec.checkpoint}: no such file")
 
 
-def tasklist_hash(config: FilterConfig) -> str:
+def tasklist_hash(config: FilterConfig, storage_options: dict | None = None) -> str:
     """The content hash of the evaluation task list ("" without one)."""
     if not config.eval_tasklist:
         return ""
     try:
-        with fsspec.open(config.eval_tasklist, "rb") as handle:
-            return hash_json(handle.read().decode())
-    except FileNotFoundError as exc:
+        return tasklist_content_hash(config.eval_tasklist, storage_options)
+    except InputError as exc:
         raise InputError(f"filters eval_tasklist {config.eval_tasklist}: no such file") from exc
 
 
@@ -47,8 +48,9 @@ def plan_embed_filter(catalog: Catalog, pool: PoolRecord, embedder: dict, filter
     spec = EmbedderSpec(**embedder)
     check_embedder(spec, catalog.store.fsspec_options() if "://" in spec.checkpoint else None)
     config = FilterConfig.from_dict(filters)
-    eval_hash = tasklist_hash(config)
-    embeddings = catalog.embedding_folder(pool.name, spec.key)
+    eval_hash = tasklist_hash(config, catalog.store.options_for(config.eval_tasklist))
+    # the embedder and the embedding code's version: a new version never reuses older files
+    embeddings = catalog.embedding_folder(pool.name, hash_json({"embedder": spec.key, "code": embed_code_version()}))
     return {"pool": pool.manifest, "spec": spec.to_dict(), "config": config.to_dict(), "tasklist_hash": eval_hash,
             "embeddings": embeddings,
             "eval_embeddings": catalog.eval_embeddings(embeddings, eval_hash) if config.eval_tasklist else None,

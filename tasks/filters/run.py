@@ -52,7 +52,8 @@ def rowwise_filters(store: Store, shard: EmbeddedShard, config: FilterConfig, ta
         table = pd.read_parquet(handle)
     images = store.read_npy(store.relative(shard.image_embeddings)).astype(np.float32)
     parts = [table[CARRIED], basic_decisions(table, config), nsfw_text_decisions(table["text"], config)]
-    head = load_image_head(config.nsfw_image_head) if config.nsfw_image_head else None
+    head = (load_image_head(config.nsfw_image_head, store.options_for(config.nsfw_image_head))
+            if config.nsfw_image_head else None)
     image_nsfw = nsfw_image_decisions(images, table.index, config, head, table["embed_ok"].to_numpy())
     if image_nsfw is not None:
         parts.append(image_nsfw)

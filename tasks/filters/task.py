@@ -57,7 +57,8 @@ def poolwide_filters_task(store: Store, embeddings: dict, rows_files: dict[str, 
                             folder, inputs)
 
 
-@task(name="publish_latest_runs", retries=2, retry_delay_seconds=RETRY_DELAYS[:2])
+@task(name="publish_latest_runs", retries=2, retry_delay_seconds=RETRY_DELAYS[:2],
+      retry_condition_fn=retry_unless_input_error)
 def publish_latest_runs_task(store: Store, embeddings: dict, filters: dict) -> dict:
     """Make these runs the pool's latest; show the filter report as artifacts."""
     Catalog(store).set_latest_runs(filters["name"], embeddings, filters)

@@ -69,10 +69,10 @@ def validate_entries(entries: Iterable[Any], source: str) -> tuple[str, ...]:
     return entries
 
 
-def load_metadata(path: str) -> Metadata:
+def load_metadata(path: str, storage_options: dict | None = None) -> Metadata:
     """A ``.json`` list of strings, or any other file as UTF-8 text with one entry per line."""
     try:
-        with fsspec.open(path, "rt", encoding="utf-8", newline="") as handle:
+        with fsspec.open(path, "rt", encoding="utf-8", newline="", **(storage_options or {})) as handle:
             text = handle.read()
     except FileNotFoundError as error:
         raise InputError(f"metadata file {path} does not exist") from error

@@ -17,7 +17,7 @@ import io
 import numpy as np
 
 from tasks.common.catalog import Catalog
-from tasks.common.errors import InputError
+from tasks.common.errors import InputError, StageFailed
 from tasks.common.store import Store
 from tasks.metaclip.matching import EntryMatcher, Matches
 from tasks.metaclip.metadata import Metadata, build_metadata, load_metadata, validate_entries
@@ -31,7 +31,7 @@ def pool_metadata(catalog: Catalog, samples, source: str = BUILT_FROM_POOL, ngra
     if source != BUILT_FROM_POOL:
         if ngrams:
             raise InputError(f"metaclip ngrams={ngrams}: only used with metadata={BUILT_FROM_POOL!r}")
-        return load_metadata(source)
+        return load_metadata(source, catalog.store.options_for(source))
     built = build_metadata(samples.texts, **(ngrams or {}))
     target = catalog.metaclip_metadata(samples.pool, built.content_hash)
     if not store.exists(target):
@@ -64,7 +64,7 @@ def match_pool(catalog: Catalog, samples, metadata: Metadata, client=None) -> Ma
     for target, part in per_shard:
         uids, matches = _read_matches(store, target)
         if not np.array_equal(uids, part["uid"].to_numpy().astype(str)):
-            raise InputError(f"{store.uri(target)}: its uids are not those of its shard; remove the file to match again")
+            raise StageFailed(f"{store.uri(target)}: its uids are not those of its shard; remove the file to match again")
         parts.append(matches)
     return Matches.concatenate(parts)
 

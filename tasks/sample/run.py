@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.cluster.tree import load_tree, sample_labels
-from tasks.common.catalog import Catalog, ClusterTree, PoolSnapshot
+from tasks.common.catalog import Catalog, ClusterTree, PoolSnapshot, shard_id
 from tasks.common.errors import InputError
 from tasks.common.hashing import code_version, hash_json
 from tasks.common.manifest import Manifest
@@ -151,7 +151,9 @@ def run_recipe(context: RecipeContext) -> tuple[Selection, list[np.ndarray]]:
 
 def _filters_step(context: RecipeContext, selection: Selection, step: dict, number: int) -> dict:
     if not context.samples.filtered:
-        raise InputError(f"recipe step {number} (filters): pool {context.samples.pool!r} has not been filtered; "
+        stale = context.samples.snapshot.stale
+        raise InputError(f"recipe step {number} (filters): pool {context.samples.pool!r} has not been filtered"
+                         f"{f' ({stale})' if stale else ''}; "
                          f"run pool_refresh with an embedder and filters")
     selection.narrow(np.flatnonzero(selection.candidates & context.samples.frame["kept"].to_numpy(dtype=bool)))
     return {}
@@ -241,10 +243,13 @@ def subset_inputs(snapshot: PoolSnapshot, trees: dict[str, dict]) -> dict:
     return {**snapshot.hashes, "trees": {name: tree["content_hash"] for name, tree in sorted(trees.items())}}
 
 
+def subset_key(snapshot: PoolSnapshot, config: SubsetConfig, trees: dict[str, dict]) -> str:
+    return hash_json({"inputs": subset_inputs(snapshot, trees), "config": config.to_dict(), "version": SUBSET_VERSION})
+
+
 def subset_folder(catalog: Catalog, snapshot: PoolSnapshot, name: str, config: SubsetConfig,
                   trees: dict[str, dict]) -> str:
-    key = hash_json({"inputs": subset_inputs(snapshot, trees), "config": config.to_dict(), "version": SUBSET_VERSION})
-    return catalog.subset_folder(snapshot.pool.name, name, key)
+    return catalog.subset_folder(snapshot.pool.name, name, subset_key(snapshot, config, trees))
 
 
 def make_subset(catalog: Catalog, snapshot: PoolSnapshot, name: str, config: SubsetConfig,
@@ -274,7 +279,9 @@ def make_subset(catalog: Catalog, snapshot: PoolSnapshot, name: str, config: Sub
                "indicators": store.write_json(f"{folder}/indicators.json", {**report, "steps": selection.figures}),
                **write_plots(store, folder, context, masks)}
     if config.reshard:
-        outputs["shards"] = reshard(store, samples.shards, chosen, f"{folder}/shards", config.shard_size, client)
+        key = subset_key(snapshot, config, trees)
+        outputs["shards"] = reshard(store, samples.shards, chosen, f"{folder}/shards", config.shard_size,
+                                    lambda number: shard_id(0, key, number), client)
     outputs["folder"] = store.uri(folder)
     manifest = Manifest(stage="subset", name=f"{pool_name}/{name}", store=store.root, config=config.to_dict(),
                         code_version=code_version("subset", SUBSET_VERSION),
@@ -286,8 +293,11 @@ def make_subset(catalog: Catalog, snapshot: PoolSnapshot, name: str, config: Sub
 
 
 def _subset_table(chosen: pd.DataFrame, samples: PoolSamples) -> pd.DataFrame:
+    """The chosen samples with their source shard's id (and tar, for tools that read the pool's shards)."""
+    source = chosen["shard"].to_numpy()
+    ids = np.array([shard["shard_id"] for shard in samples.shards], dtype=object)
     tars = np.array([shard["tar"] for shard in samples.shards], dtype=object)
-    return chosen.assign(source_tar=tars[chosen["shard"].to_numpy()]).drop(columns=["shard"])
+    return chosen.assign(source_shard_id=ids[source], source_tar=tars[source]).drop(columns=["shard"])
 
 
 def indicator_report(context: RecipeContext, masks: list[np.ndarray]) -> dict:

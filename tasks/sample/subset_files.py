@@ -17,7 +17,7 @@ import tarfile
 import numpy as np
 import pandas as pd
 
-from tasks.common.errors import InputError
+from tasks.common.errors import InputError, StageFailed
 from tasks.common.store import Store
 from tasks.common.webdataset import iter_samples
 
@@ -55,12 +55,12 @@ def shard_groups(per_source: np.ndarray, shard_size: int) -> np.ndarray:
     return np.unique(groups, return_inverse=True)[1]
 
 
-def reshard(store: Store, shards: list[dict], chosen: pd.DataFrame, out_folder: str, shard_size: int,
+def reshard(store: Store, shards: list[dict], chosen: pd.DataFrame, out_folder: str, shard_size: int, shard_ids,
             client=None) -> list[dict]:
     """Copy the chosen samples (``uid``, ``key``, ``shard`` columns) into new shards under ``out_folder``.
 
-    Returns one record per output shard: ``tar`` URI and ``n_success`` (its sample count), the
-    fields the training stage reads from a manifest.
+    Returns one record per output shard: its ``shard_id`` (``shard_ids[n]`` for output shard n),
+    ``tar`` URI and ``n_success`` (its sample count), the fields the training stage reads from a manifest.
     """
     per_source = np.bincount(chosen["shard"].to_numpy(), minlength=len(shards))
     used = np.flatnonzero(per_source)
@@ -77,7 +77,8 @@ def reshard(store: Store, shards: list[dict], chosen: pd.DataFrame, out_folder: 
         counts = client.gather(futures)
     else:
         counts = [_write_shard(store, target, sources) for target, sources in jobs]
-    return [{"tar": store.uri(target), "n_success": int(count)} for (target, _), count in zip(jobs, counts)]
+    return [{"shard_id": shard_ids(number), "tar": store.uri(target), "n_success": int(count)}
+            for number, ((target, _), count) in enumerate(zip(jobs, counts))]
 
 
 def _write_shard(store: Store, target: str, sources: list[tuple[str, dict[str, str], int | None]]) -> int:
@@ -95,7 +96,7 @@ def _write_shard(store: Store, target: str, sources: list[tuple[str, dict[str, s
             _copy_members(store, tar_uri, keys, expected, out, found)
     if len(found) != wanted:
         partial.unlink(missing_ok=True)
-        raise InputError(f"reshard {store.uri(target)}: {wanted - len(found)} chosen samples are missing from "
+        raise StageFailed(f"reshard {store.uri(target)}: {wanted - len(found)} chosen samples are missing from "
                          f"their source shards")
     partial.replace(staging)
     store.put_file(staging, target, move=True)

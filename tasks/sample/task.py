@@ -38,7 +38,7 @@ def make_subset_task(store: Store, snapshot: dict, name: str, config: dict, tree
     return manifest
 
 
-@task(name="subset_report")
+@task(name="subset_report", retries=2, retry_delay_seconds=RETRY_DELAYS[:2], retry_condition_fn=retry_unless_input_error)
 def subset_report_task(store: Store, manifest: dict) -> list[dict]:
     """One row per step and grouping (tree level, metadata entries) with the main indicators."""
     report = store.read_json(store.relative(manifest["outputs"]["indicators"]))

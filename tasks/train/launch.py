@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import sys
 
-# re-exported: callers that import them from here keep working; tasks.common.models owns them
-from tasks.common.models import MODEL_CONFIGS, known_models, register_model_configs  # noqa: F401
+from tasks.common.models import register_model_configs
 
 
 def main(argv: list[str]) -> int:

@@ -17,6 +17,7 @@ resumed run sees as many samples as an uninterrupted one (the interrupted epoch 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -30,12 +31,13 @@ import fsspec
 
 from tasks.common.catalog import Catalog
 from tasks.common.errors import InputError, StageFailed
+from tasks.common.fscat import OPTIONS_VARIABLE
 from tasks.common.gpu import visible_gpus
 from tasks.common.hashing import code_version, hash_json
 from tasks.common.manifest import Manifest
 from tasks.common.process import log_tail, run_child
 from tasks.common.store import Store
-from tasks.train.launch import known_models
+from tasks.common.models import known_models
 from tasks.train.scales import TrainConfig
 
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
@@ -106,12 +108,10 @@ def check_shards(shards: list[str], n_samples: int, storage_options: dict | None
             raise InputError(f"training shard {shard}: the file is empty")
 
 
-def s3_environment(options: dict) -> dict[str, str]:
-    """The store's S3 options as the AWS variables a child process (``tasks.common.fscat``) reads:
-    credentials from a Secret block reach the streaming of remote shards without a command line."""
-    names = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN",
-             "endpoint_url": "AWS_ENDPOINT_URL"}
-    return {names[k]: str(v) for k, v in options.items() if k in names and v is not None}
+def fscat_environment(options: dict) -> dict[str, str]:
+    """The store's fsspec options (credentials included) for ``tasks.common.fscat`` in the training child:
+    passed in its environment, never on a command line that other users can list."""
+    return {OPTIONS_VARIABLE: json.dumps(options)} if options else {}
 
 
 def _train_data_arg(shards: list[str]) -> str:
@@ -249,7 +249,7 @@ def train_clip(store: Store, shards: list[str], data_hash: str, n_samples: int, 
             publisher.publish()
 
     syncer = threading.Thread(target=keep_publishing, name="checkpoint-publisher", daemon=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled", **s3_environment(store.fsspec_options()))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled", **fscat_environment(store.fsspec_options()))
     syncer.start()
     try:
         returncode = run_child(_command(args, world), log_path, staging / "train.pgid", env=env, log=log)

@@ -82,12 +82,14 @@ def test_pool_round_trip_and_snapshot(tmp_path):
         entry[name] = store.write_bytes(getattr(files, name), b"x")
     embeddings = catalog.publish(embedding_folder, Manifest(
         stage="embed", name="web", store=store.root, config={}, code_version="v",
-        outputs={"folder": store.uri(embedding_folder), "shards": [entry]}))
+        inputs={"pool_manifest": published["content_hash"]},
+        outputs={"folder": store.uri(embedding_folder), "shards": [entry]}), archive=True)
     filter_folder = catalog.filter_folder("web", "f" * 16)
     decisions = {record.shards[0].shard_id: store.write_bytes(catalog.filter_decisions(filter_folder,
                                                                                        record.shards[0].shard_id), b"d")}
     filters = catalog.publish(filter_folder, Manifest(
         stage="filter", name="web", store=store.root, config={}, code_version="v",
+        inputs={"embeddings": embeddings["content_hash"]},
         outputs={"folder": store.uri(filter_folder), "decisions": decisions}))
     catalog.set_latest_runs("web", embeddings, filters)
     snapshot = catalog.snapshot("web")
@@ -95,6 +97,17 @@ def test_pool_round_trip_and_snapshot(tmp_path):
     assert snapshot.filters.decisions == decisions
     assert snapshot.hashes == {"pool": published["content_hash"], "embeddings": embeddings["content_hash"],
                                "filters": filters["content_hash"]}
+
+    # the embedder's folder is published into again by a later run: the pool keeps resolving to its own run
+    catalog.publish(embedding_folder, Manifest(stage="embed", name="web", store=store.root, config={"other": 1},
+                                               code_version="v", outputs={"folder": store.uri(embedding_folder)}))
+    assert catalog.snapshot("web").embeddings.manifest == embeddings
+    # a refresh without an embedder publishes a new pool: the old runs are not paired with it
+    catalog.publish_pool(_pool_manifest(store, n_shards=3))
+    stale = catalog.snapshot("web")
+    assert stale.filters is None and "earlier version of the pool" in stale.stale
+    with pytest.raises(InputError, match="not been embedded and filtered \\(its latest"):
+        stale.require_filtered("clustering")
 
 
 def test_a_manifest_is_the_completion_marker_and_is_checked_against_its_outputs(tmp_path):
@@ -123,3 +136,29 @@ def test_outputs_on_an_object_store(s3_bucket):
     assert catalog.missing_outputs(published) == []
     store.remove(store.relative(published["outputs"]["shards"][1]["tar"]))
     assert catalog.missing_outputs(published) == [published["outputs"]["shards"][1]["tar"]]
+
+
+def test_one_rule_for_shards_without_samples(tmp_path):
+    """Embedding, sampling and training all skip the shards with no downloaded sample, and a shard
+    record without its sample count is an error, not a default."""
+    from tasks.filters.plan import plan_embed_filter
+    from tasks.sample.pool_samples import pool_samples
+    from tasks.train.task import training_data
+
+    store = Store(str(tmp_path))
+    catalog = Catalog(store)
+    manifest = catalog.publish_pool(_pool_manifest(store))  # shard 1 holds no sample
+    with_samples = [s.shard_id for s in catalog.pool("web").shards_with_samples]
+    assert len(with_samples) == 1
+    plan = plan_embed_filter(catalog, catalog.pool("web"), {"model": "Tiny-ViT-48px", "checkpoint": "openai"}, {})
+    assert [s["shard_id"] for s in plan["shards"]] == with_samples
+    shards, _, count = training_data(manifest)
+    assert shards == [catalog.pool("web").shards[0].tar] and count == 3
+    broken = dict(manifest, outputs=dict(manifest["outputs"], shards=[
+        {k: v for k, v in s.items() if k != "n_success"} for s in manifest["outputs"]["shards"]]))
+    with pytest.raises(InputError, match="lacks \\['n_success'\\]"):
+        PoolSnapshot.from_dict({"pool": broken}).pool.shards
+    with pytest.raises(InputError, match="without n_success"):
+        training_data(broken)
+    with pytest.raises(InputError, match="lacks"):
+        pool_samples(store, PoolSnapshot.from_dict({"pool": broken}))

@@ -53,7 +53,7 @@ def test_manifest_report_and_artifact(first_run):
     report = store.read_json("pools/e2e/download_report.json")
     assert report["status_counts"] == {k: manifest["rows"][k] for k in report["status_counts"]}
     assert len(manifest["outputs"]["slices"]) == 2 and len(manifest["outputs"]["shards"]) == 6
-    assert not store.exists("_staging") or not store.list("_staging/e2e/slices")
+    assert not store.exists("_staging") or not store.list("_staging/pools/e2e/slices")
     artifact = Artifact.get("e2e-download")
     assert artifact is not None and artifact.type == "table"
     rows = {(r["status"], r["reason"]): r["count"] for r in json.loads(artifact.data)}

@@ -28,7 +28,7 @@ def _cli_args(index, store):
 
 
 def _staged_stats(store: Path) -> list[Path]:
-    return sorted((store / "_staging").glob("killed/slices/*/shards/*_stats.json"))
+    return sorted((store / "_staging").glob("pools/killed/slices/*/shards/*_stats.json"))
 
 
 def _wait_for_partial_state(store: Path, process, limit_s=240) -> None:
@@ -47,7 +47,7 @@ def _wait_for_partial_state(store: Path, process, limit_s=240) -> None:
 def _kill_everything(process, store: Path) -> None:
     """Preemption: the flow's process group and the img2dataset processes it started all die at once."""
     os.killpg(process.pid, signal.SIGKILL)
-    for pid_file in (store / "_staging").glob("killed/slices/*/img2dataset.pgid"):
+    for pid_file in (store / "_staging").glob("pools/killed/slices/*/img2dataset.pgid"):
         try:
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
         except (ProcessLookupError, ValueError):
@@ -87,4 +87,4 @@ def test_killed_download_resumes_without_redoing_or_repeating(prefect_harness, s
     served = pd.read_parquet(index).set_index("uid")
     assert (samples.set_index("uid")["sha256"] == served.loc[samples["uid"], "sha256"]).all()
     assert manifest["rows"]["success"] == (small_truth["expected_status"] == "success").sum()
-    assert not list((store / "_staging").glob("killed/slices/*"))  # staging cleaned up once published
+    assert not list((store / "_staging").glob("pools/killed/slices/*"))  # staging cleaned up once published

@@ -113,6 +113,10 @@ def test_hkmeans_subset_is_balanced_and_resharded(pool):
     assert sorted(uids_from_datacomp(datacomp)) == sorted(table["uid"])
     shards, data_hash, n = training_data(manifest)
     assert n == 20 and data_hash == manifest["content_hash"] and len(shards) >= 2
+    ids = [shard["shard_id"] for shard in manifest["outputs"]["shards"]]
+    assert len(set(ids)) == len(ids) == len(shards)  # the subset's own shards have ids too
+    pool_ids = {shard.shard_id for shard in Catalog(store).pool("test").shards}
+    assert set(table["source_shard_id"]) <= pool_ids  # each sample names the pool shard it came from
     resharded = set()
     for uri in shards:
         with tarfile.open(uri) as tar:
