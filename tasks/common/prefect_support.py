@@ -17,10 +17,10 @@ from typing import Any
 from prefect import Task
 from prefect.filesystems import RemoteFileSystem
 
+from tasks.common.catalog import RESULTS_FOLDER, Catalog
 from tasks.common.errors import InputError
 from tasks.common.store import Store
 
-RESULTS_FOLDER = "_prefect/results"
 RETRY_DELAYS = [5, 20, 60]  # seconds: backoff for storage, network and worker failures
 
 
@@ -110,7 +110,7 @@ def run_bounded(task: Task, calls: list[tuple], limit: int) -> list:
     return [futures[i].state for i in range(len(calls))]
 
 
-def validated_cache_key(catalog, key: str, folder: str | None = None, files: list[str] | None = None) -> str:
+def validated_cache_key(catalog: Catalog, key: str, folder: str | None = None, files: list[str] | None = None) -> str:
     """``key``, after making sure a cache hit on it would be true: the stage run in ``folder`` finished
     and every output its manifest lists is still in the store (or, for per-shard work, every one
     of ``files`` exists).
@@ -118,8 +118,6 @@ def validated_cache_key(catalog, key: str, folder: str | None = None, files: lis
     Otherwise the cache record stored under ``key`` (if any) is removed, so Prefect runs the task
     again instead of returning a result whose files are gone; the stage then redoes what is missing.
     """
-    from tasks.common.catalog import RESULTS_FOLDER
-
     complete = catalog.finished(folder) is not None if folder else all(catalog.store.exists(f) for f in files or ())
     if not complete:
         catalog.store.remove(f"{RESULTS_FOLDER}/{key}")
