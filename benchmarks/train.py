@@ -33,7 +33,8 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 from tasks.common.models import MODEL_CONFIGS  # noqa: E402
 from tasks.train.run import SPEED, open_clip_args  # noqa: E402
 from tasks.train.scales import scale_config  # noqa: E402
-from tasks.train.task import train_clip_task, training_data  # noqa: E402
+from tasks.train.run import training_data  # noqa: E402
+from tasks.train.task import train_clip_task  # noqa: E402
 
 
 def demo_manifest(work: Path, n_samples: int) -> Path:

@@ -31,7 +31,7 @@ from tasks.common.catalog import Catalog  # noqa: E402
 from tasks.evaluate.runner import evaluate_checkpoint  # noqa: E402
 from tasks.train.run import run_folder, train_clip  # noqa: E402
 from tasks.train.scales import scale_config  # noqa: E402
-from tasks.train.task import training_data  # noqa: E402
+from tasks.train.run import training_data  # noqa: E402
 
 
 def main() -> None:

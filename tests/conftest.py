@@ -171,7 +171,7 @@ def tiny_checkpoint(small_pool, tmp_path_factory) -> str:
     from tasks.common.store import Store
     from tasks.train.run import train_clip
     from tasks.train.scales import scale_config
-    from tasks.train.task import training_data
+    from tasks.train.run import training_data
 
     store = Store(str(tmp_path_factory.mktemp("tiny-model")))
     shards, data_hash, n = training_data(small_pool["manifest"])

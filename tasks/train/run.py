@@ -108,6 +108,24 @@ def check_shards(shards: list[str], n_samples: int, storage_options: dict | None
             raise InputError(f"training shard {shard}: the file is empty")
 
 
+def training_data(manifest: dict) -> tuple[list[str], str, int]:
+    """(shard URIs holding samples, content hash, number of samples) of a pool or subset manifest.
+
+    Every shard URI must be a plain local path or ``scheme://`` URI (:func:`check_shard_uri`): an
+    :class:`InputError` names the manifest and the shard otherwise.
+    """
+    shards = manifest.get("outputs", {}).get("shards")
+    if shards is None:
+        raise InputError(f"training data: manifest {manifest.get('name')!r} lists no outputs.shards")
+    if any("n_success" not in s for s in shards):
+        raise InputError(f"training data: manifest {manifest.get('name')!r} has shards without n_success "
+                         "(their sample count); it was not written by this pipeline")
+    used = [s for s in shards if s["n_success"] > 0]  # the one rule, as the catalog's shards_with_samples
+    for shard in used:
+        check_shard_uri(shard.get("tar"), f"training data: manifest {manifest.get('name')!r}")
+    return [s["tar"] for s in used], manifest["content_hash"], sum(int(s["n_success"]) for s in used)
+
+
 def fscat_environment(options: dict) -> dict[str, str]:
     """The store's fsspec options (credentials included) for ``tasks.common.fscat`` in the training child:
     passed in its environment, never on a command line that other users can list."""

@@ -10,29 +10,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from tasks.common.catalog import Catalog
-from tasks.common.errors import InputError
 from tasks.common.prefect_support import RETRY_DELAYS, retry_unless_input_error, validated_cache_key
 from tasks.common.store import Store
-from tasks.train.run import check_shard_uri, run_folder, train_clip, training_key
+from tasks.train.run import run_folder, train_clip, training_data, training_key
 from tasks.train.scales import scale_config
-
-
-def training_data(manifest: dict) -> tuple[list[str], str, int]:
-    """(shard URIs holding samples, content hash, number of samples) of a pool or subset manifest.
-
-    Every shard URI must be a plain local path or ``scheme://`` URI (:func:`check_shard_uri`): an
-    :class:`InputError` names the manifest and the shard otherwise.
-    """
-    shards = manifest.get("outputs", {}).get("shards")
-    if shards is None:
-        raise InputError(f"training data: manifest {manifest.get('name')!r} lists no outputs.shards")
-    if any("n_success" not in s for s in shards):
-        raise InputError(f"training data: manifest {manifest.get('name')!r} has shards without n_success "
-                         "(their sample count); it was not written by this pipeline")
-    used = [s for s in shards if s["n_success"] > 0]  # the one rule, as the catalog's shards_with_samples
-    for shard in used:
-        check_shard_uri(shard.get("tar"), f"training data: manifest {manifest.get('name')!r}")
-    return [s["tar"] for s in used], manifest["content_hash"], sum(int(s["n_success"]) for s in used)
 
 
 def _train_cache_key(context, parameters) -> str:

@@ -143,7 +143,7 @@ def test_one_rule_for_shards_without_samples(tmp_path):
     record without its sample count is an error, not a default."""
     from tasks.filters.plan import plan_embed_filter
     from tasks.sample.pool_samples import pool_samples
-    from tasks.train.task import training_data
+    from tasks.train.run import training_data
 
     store = Store(str(tmp_path))
     catalog = Catalog(store)

@@ -17,7 +17,7 @@ from tasks.common.store import Store
 from tasks.sample.run import SubsetConfig
 from tasks.sample.run import make_subset as make_subset_from_snapshot
 from tasks.sample.subset_files import DATACOMP_DTYPE, datacomp_uid_array, uids_from_datacomp
-from tasks.train.task import training_data
+from tasks.train.run import training_data
 
 WORDS = ["red circle", "blue square", "green star", "website screenshot", "bar chart"]
 WEIGHTS = np.array([0.6, 0.2, 0.1, 0.07, 0.03])

@@ -5,7 +5,7 @@ import pytest
 from tasks.common.store import Store
 from tasks.train.run import train_clip
 from tasks.train.scales import scale_config
-from tasks.train.task import training_data
+from tasks.train.run import training_data
 
 
 @pytest.mark.gpu

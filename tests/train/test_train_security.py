@@ -9,9 +9,8 @@ import pytest
 
 from tasks.common.errors import InputError
 from tasks.common.store import Store
-from tasks.train.run import _train_data_arg, check_shard_uri, run_folder, train_clip
+from tasks.train.run import _train_data_arg, check_shard_uri, run_folder, train_clip, training_data
 from tasks.train.scales import scale_config
-from tasks.train.task import training_data
 
 FEW_STEPS = {"samples_seen": 512, "batch_size": 64, "checkpoint_steps": 4, "warmup": 2}
 
