@@ -69,8 +69,11 @@ def _until(condition, seconds: float = 10) -> bool:
 
 def _caller(tmp_path: Path, ids: Path) -> subprocess.Popen:
     """Another process that runs the sleeping child through run_child (the caller to kill or interrupt)."""
+    # SIGINT raises KeyboardInterrupt even when the test runner was started in the background
+    # (a shell's background job inherits SIGINT ignored, and Python then keeps it ignored)
     script = textwrap.dedent(f"""
-        import sys
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from tasks.common.process import run_child
         run_child([sys.executable, "-c", {PARENT_OF_SLEEPER!r}, {str(ids)!r}, "sleep"],
                   {str(tmp_path / "child.log")!r}, {str(tmp_path / "child.pgid")!r})
