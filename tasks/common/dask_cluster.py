@@ -67,6 +67,26 @@ def shared_dask_address(address: str | None = None) -> Iterator[str]:
         yield client.scheduler.address
 
 
+@contextmanager
+def task_client() -> Iterator[Client | None]:
+    """A client on the Dask cluster the calling task runs on, or None outside a Dask worker.
+
+    A task that Prefect's DaskTaskRunner placed on a worker fans its own work out on the same
+    cluster; ``worker_client`` takes the task out of the worker's thread pool meanwhile, so its
+    sub-tasks never wait for the thread the task holds. Outside a worker, stage code given None
+    runs the same task graph on Dask's local scheduler.
+    """
+    from distributed import get_worker, worker_client
+
+    try:
+        get_worker()
+    except ValueError:
+        yield None
+        return
+    with worker_client() as client:
+        yield client
+
+
 def dask_task_runner(address: str | None = None, n_workers: int | None = None, gpu: bool | None = None):
     """A Prefect ``DaskTaskRunner`` on the same cluster :func:`dask_client` would use.
 

@@ -13,6 +13,15 @@ Out, in the run folder, through the catalog's paths:
 - the report (JSON and plot): samples removed per filter and reason, and how the filters overlap.
   Filters that did not run are listed as skipped, with why;
 - last, the stage's manifest: the decisions by shard id, the report, counts.
+
+The pool-wide filters run on a Dask client's workers (or, without one, the same graph on Dask's
+local scheduler), partitioned by key: exact dedup by a shuffle on sha256, perceptual dedup by a
+shuffle on pHash bands (:mod:`tasks.filters.dedup`), SemDeDup per k-means cluster
+(:mod:`tasks.filters.semdedup`), the CLIP score cutoff by an exact distributed quantile
+(:mod:`tasks.filters.clip_score`). Each shard's rows are read by worker tasks, column by column
+as each filter needs them. What reaches this process: per-shard counts, and the duplicates found
+(their ids and the uid that stays), whose number is that of the duplicates, not of the pool.
+Each shard's decisions are written by a worker task, which returns its counts for the report.
 """
 
 from __future__ import annotations
@@ -24,17 +33,22 @@ import pandas as pd
 from tasks.common.catalog import Catalog, EmbeddedShard, EmbeddingRun
 from tasks.common.hashing import code_version
 from tasks.common.manifest import Manifest
-from tasks.common.plots import png_bytes, subplots
+from tasks.common.shuffle import compute, global_ids, partitions_for, shuffle, split_ids
 from tasks.common.store import Store
 from tasks.filters.basic import basic_decisions
 from tasks.filters.clip_score import clip_score_cutoff, clip_score_decisions
 from tasks.filters.config import FilterConfig
-from tasks.filters.dedup import exact_duplicates, perceptual_duplicates
+from tasks.filters.dedup import (band_keys, bands, bucket_pairs, colour_close, decisions_from_duplicates,
+                                 exact_duplicates, exact_keys, groups_to_duplicates)
 from tasks.filters.eval_dedup import eval_dedup_decisions
 from tasks.filters.nsfw import load_image_head, nsfw_image_decisions, nsfw_text_decisions
+from tasks.filters.report import combine_counts, filter_names, filter_report, report_plot, shard_counts
 from tasks.filters.semdedup import semantic_duplicates
 
-FILTER_VERSION = 4  # bump when a change alters the decisions
+FILTER_VERSION = 5  # bump when a change alters the decisions
+EXACT_ROWS_PER_PARTITION = 1_000_000
+BAND_ROWS_PER_PARTITION = 2_000_000
+REDUCE_FANIN = 16
 CARRIED = ["uid", "key", "text", "clip_score", "embed_ok", "embed_reason", "phash", "thumb", "sha256", "width",
            "height", "original_width", "original_height"]
 
@@ -64,66 +78,177 @@ def rowwise_filters(store: Store, shard: EmbeddedShard, config: FilterConfig, ta
     return target
 
 
-def filter_names(frame: pd.DataFrame) -> list[str]:
-    return [c.removeprefix("keep_") for c in frame.columns if c.startswith("keep_")]
+def _read_columns(store: Store, rows_file: str, columns: list[str]) -> pd.DataFrame:
+    with store.open(rows_file) as handle:
+        return pd.read_parquet(handle, columns=columns)
+
+
+def exact_input(store: Store, rows_file: str, shard: int) -> pd.DataFrame:
+    frame = _read_columns(store, rows_file, ["uid", "sha256"])
+    frame.insert(0, "id", global_ids(shard, len(frame)))
+    return frame
+
+
+def phash_input(store: Store, rows_file: str, shard: int) -> pd.DataFrame:
+    frame = _read_columns(store, rows_file, ["phash", "embed_reason"])
+    return pd.DataFrame({"id": global_ids(shard, len(frame)), "phash": frame["phash"].to_numpy(dtype=np.int64),
+                         "valid": (frame["embed_reason"] != "undecodable").to_numpy()})
+
+
+def clip_scores(store: Store, rows_file: str) -> np.ndarray:
+    return _read_columns(store, rows_file, ["clip_score"])["clip_score"].to_numpy(dtype=np.float64)
+
+
+def embedded_rows(store: Store, rows_file: str) -> np.ndarray:
+    return np.flatnonzero(_read_columns(store, rows_file, ["embed_ok"])["embed_ok"].to_numpy(dtype=bool))
+
+
+def endpoint_details(store: Store, rows_file: str, rows: np.ndarray, thumbs: bool) -> tuple:
+    """uid (and thumbnail bytes as a uint8 matrix) of the given rows of one shard."""
+    frame = _read_columns(store, rows_file, ["uid", "thumb"] if thumbs else ["uid"]).iloc[rows]
+    pictures = (np.frombuffer(b"".join(frame["thumb"]), dtype=np.uint8).reshape(len(frame), -1)
+                if thumbs and len(frame) else None)
+    return frame["uid"].to_numpy().astype(str), pictures
+
+
+def _gather_duplicates(client, partitions: list) -> pd.DataFrame:
+    found = compute(client, partitions)
+    return pd.concat(found, ignore_index=True) if found else pd.DataFrame({"id": [], "duplicate_of": []})
+
+
+def exact_dedup(store: Store, rows_files: list[str], rows: int, client) -> pd.DataFrame:
+    """Exact duplicates (id, duplicate_of) by a shuffle on sha256."""
+    import dask
+
+    n = partitions_for(rows, EXACT_ROWS_PER_PARTITION)
+    inputs = [dask.delayed(exact_input, pure=True)(store, f, number) for number, f in enumerate(rows_files)]
+    return _gather_duplicates(client, [dask.delayed(exact_duplicates, pure=True)(*pieces)
+                                       for pieces in shuffle(inputs, exact_keys, n, n)])
+
+
+def perceptual_dedup(store: Store, rows_files: list[str], rows: int, config: FilterConfig, client) -> pd.DataFrame:
+    """Perceptual duplicates (id, duplicate_of): bands shuffled, pairs in buckets, colour, components."""
+    import dask
+
+    n = partitions_for(rows * len(bands(config.phash_max_distance)), BAND_ROWS_PER_PARTITION)
+    inputs = [dask.delayed(phash_input, pure=True)(store, f, number) for number, f in enumerate(rows_files)]
+    pairs = compute(client, [dask.delayed(bucket_pairs, pure=True)(*pieces, max_distance=config.phash_max_distance)
+                             for pieces in shuffle(inputs, band_keys, n, config.phash_max_distance, n)])
+    pairs = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame({"a": [], "b": []})
+    a, b = pairs["a"].to_numpy(dtype=np.int64), pairs["b"].to_numpy(dtype=np.int64)
+    endpoints = np.unique(np.concatenate([a, b]))
+    shard_of, row_of = split_ids(endpoints)
+    with_thumbs = config.phash_max_color_distance is not None
+    by_shard = np.unique(shard_of)
+    details = compute(client, [dask.delayed(endpoint_details, pure=True)(store, rows_files[s], row_of[shard_of == s],
+                                                                          with_thumbs) for s in by_shard])
+    uids = np.concatenate([d[0] for d in details]) if details else np.zeros(0, dtype=str)
+    if with_thumbs and len(a):
+        thumbs = np.concatenate([d[1] for d in details])  # endpoints in id order: shards ascending, rows ascending
+        position = np.searchsorted(endpoints, a), np.searchsorted(endpoints, b)
+        close = colour_close(thumbs[position[0]], thumbs[position[1]], config.phash_max_color_distance)
+        a, b = a[close], b[close]
+    return groups_to_duplicates(a, b, endpoints, uids)
+
+
+def shard_decisions(store: Store, rows_file: str, target: str, shard: int, config: FilterConfig,
+                    exact: pd.DataFrame | None, perceptual: pd.DataFrame | None, semantic: np.ndarray | None,
+                    cutoff: float | None) -> dict:
+    """One shard's decisions, written to ``target``; returns its counts for the report."""
+    with store.open(rows_file) as handle:
+        frame = pd.read_parquet(handle)
+    ids = global_ids(shard, len(frame))
+    parts = [frame]
+    if exact is not None:
+        parts.append(decisions_from_duplicates("exact_dedup", ids, exact, "exact_duplicate", frame.index))
+    if perceptual is not None:
+        parts.append(decisions_from_duplicates("phash_dedup", ids, perceptual, "near_duplicate", frame.index))
+    if semantic is not None:
+        duplicate = np.isin(ids, semantic)
+        parts.append(pd.DataFrame({"keep_semdedup": ~duplicate,
+                                   "reason_semdedup": np.where(duplicate, "semantic_duplicate", "")}, index=frame.index))
+    if cutoff is not None:
+        parts.append(clip_score_decisions(frame["clip_score"], cutoff))
+    decided = pd.concat(parts, axis=1)
+    names = filter_names(decided)
+    decided["keep"] = decided[[f"keep_{n}" for n in names]].all(axis=1) & decided["embed_ok"]
+    decided["reason_embed"] = decided["embed_reason"]
+    store.write_bytes(target, decided.drop(columns=["thumb"]).to_parquet(index=False))
+    return shard_counts(decided, names)
+
+
+def positions_by_shard(ids: np.ndarray) -> dict[int, np.ndarray]:
+    """Positions of the given global ids, grouped by their shard number (one sort, not one mask per shard)."""
+    shards = split_ids(ids)[0]
+    order = np.argsort(shards, kind="stable")
+    numbers, starts = np.unique(shards[order], return_index=True)
+    return dict(zip(numbers.tolist(), np.split(order, starts[1:]))) if len(order) else {}
+
+
+def _per_shard(duplicates: pd.DataFrame | None, n_shards: int) -> list:
+    if duplicates is None:
+        return [None] * n_shards
+    groups = positions_by_shard(duplicates["id"].to_numpy(dtype=np.int64))
+    empty = duplicates.iloc[:0]
+    return [duplicates.iloc[groups[number]] if number in groups else empty for number in range(n_shards)]
 
 
 def poolwide_filters(catalog: Catalog, embeddings: EmbeddingRun, rows_files: dict[str, str], config: FilterConfig,
-                     folder: str, inputs: dict) -> dict:
-    """Dedup, SemDeDup and CLIP score over the whole pool, the overall decision per sample, the report,
-    and last the stage's manifest (returned; the existing one when this run finished before).
+                     folder: str, inputs: dict, client=None) -> dict:
+    """Dedup, SemDeDup and CLIP score over the whole pool on ``client``'s workers, the overall decision
+    per sample, the report, and last the stage's manifest (returned; the existing one when this run
+    finished before).
 
     ``rows_files`` maps every shard id to its row-wise decisions; ``inputs`` are the content hashes
-    recorded in the manifest. SemDeDup reads the image embeddings of every shard into this
-    process: float16, so 1M samples of a 768-d model take 1.5 GB.
+    recorded in the manifest.
     """
+    import dask
+
     store = catalog.store
     done = catalog.finished(folder)
     if done is not None:
         return done
-    frames = []
-    for shard_id, rows_file in rows_files.items():
-        with store.open(rows_file) as handle:
-            frame = pd.read_parquet(handle)
-        frame["_shard"] = shard_id
-        frames.append(frame)
-    pool = pd.concat(frames, ignore_index=True)
-    decodable = (pool["embed_reason"] != "undecodable").to_numpy()
+    shard_ids = list(rows_files)
+    files = [rows_files[s] for s in shard_ids]
+    rows = sum(shard.rows for shard in embeddings.shards if shard.shard_id in rows_files)
     skipped = {}
-    if config.exact_dedup:
-        pool = pool.join(exact_duplicates(pool["uid"], pool["sha256"]))
-    if config.phash_dedup:
-        thumbs = np.frombuffer(b"".join(pool["thumb"]), dtype=np.uint8).reshape(len(pool), -1)
-        pool = pool.join(perceptual_duplicates(pool["uid"], pool["phash"], config.phash_max_distance, decodable,
-                                               thumbs, config.phash_max_color_distance))
+    exact = exact_dedup(store, files, rows, client) if config.exact_dedup else None
+    perceptual = perceptual_dedup(store, files, rows, config, client) if config.phash_dedup else None
+    semantic = None
     if config.semdedup_threshold is not None:
-        matrices = {shard.shard_id: shard.image_embeddings for shard in embeddings.shards}
-        embeddings_matrix = np.concatenate([store.read_npy(store.relative(matrices[shard]))
-                                            for shard in pool["_shard"].unique()]).astype(np.float32)
-        clusters = config.semdedup_clusters or max(1, len(pool) // 1000)
-        pool = pool.join(semantic_duplicates(embeddings_matrix, pool["embed_ok"].to_numpy(dtype=bool), pool.index, clusters,
-                                             config.semdedup_threshold))
+        matrices = {shard.shard_id: store.relative(shard.image_embeddings) for shard in embeddings.shards}
+        eligible = compute(client, [dask.delayed(embedded_rows, pure=True)(store, f) for f in files])
+        embedded = sum(len(e) for e in eligible)
+        cluster_size = max(1, round(embedded / config.semdedup_clusters)) if config.semdedup_clusters else 1000
+        semantic = semantic_duplicates(store, [(matrices[s], e, global_ids(number, e))
+                                               for number, (s, e) in enumerate(zip(shard_ids, eligible))],
+                                       config.semdedup_threshold, cluster_size, client=client)
     else:
         skipped["semdedup"] = "no semdedup_threshold set"
-    cutoff = clip_score_cutoff(pool["clip_score"].to_numpy(dtype=float), config.clip_score_threshold,
-                               config.clip_score_top_fraction)
-    if cutoff is not None:
-        pool = pool.join(clip_score_decisions(pool["clip_score"], cutoff))
+    cutoff = None
+    if config.clip_score_threshold is not None or config.clip_score_top_fraction is not None:
+        scores = [dask.delayed(clip_scores, pure=True)(store, f) for f in files]
+        scores = client.persist(scores) if client is not None else compute(None, scores)
+        cutoff = clip_score_cutoff(scores, config.clip_score_threshold, config.clip_score_top_fraction, client)
     else:
         skipped["clip_score"] = "no clip_score_threshold or clip_score_top_fraction set"
-    if "keep_nsfw_image" not in pool:
+    semantic_frame = None if semantic is None else pd.DataFrame({"id": semantic})
+    per_shard = zip(_per_shard(exact, len(files)), _per_shard(perceptual, len(files)),
+                    _per_shard(semantic_frame, len(files)))
+    counts = [dask.delayed(shard_decisions, pure=True)(
+        store, f, catalog.filter_decisions(folder, s), number, config, shard_exact, shard_perceptual,
+        None if shard_semantic is None else shard_semantic["id"].to_numpy(), cutoff)
+        for number, (s, f, (shard_exact, shard_perceptual, shard_semantic)) in enumerate(zip(shard_ids, files, per_shard))]
+    while len(counts) > 1:
+        counts = [dask.delayed(combine_counts, pure=True)(*counts[i:i + REDUCE_FANIN])
+                  for i in range(0, len(counts), REDUCE_FANIN)]
+    total = compute(client, counts)[0]
+    if "nsfw_image" not in total["names"]:
         skipped["nsfw_image"] = "no nsfw_image_head configured: image NSFW was NOT checked"
-    if "keep_eval_dedup" not in pool:
+    if "eval_dedup" not in total["names"]:
         skipped["eval_dedup"] = "no evaluation sets given (eval_tasklist)"
-    names = filter_names(pool)
-    keep = pool[[f"keep_{n}" for n in names]].all(axis=1)
-    pool["keep"] = keep & pool["embed_ok"]
-    pool["reason_embed"] = pool["embed_reason"]
-    decisions = {}
-    for shard, part in pool.groupby("_shard", sort=False):
-        decisions[shard] = store.write_bytes(catalog.filter_decisions(folder, shard),
-                                             part.drop(columns=["_shard", "thumb"]).to_parquet(index=False))
-    report = filter_report(pool, names, skipped, cutoff)
+    decisions = {s: store.uri(catalog.filter_decisions(folder, s)) for s in shard_ids}
+    report = filter_report(total, skipped, cutoff)
     report_json, report_png = catalog.filter_report(folder)
     manifest = Manifest(
         stage="filter", name=embeddings.manifest["name"], store=store.root, config=config.to_dict(),
@@ -134,41 +259,3 @@ def poolwide_filters(catalog: Catalog, embeddings: EmbeddingRun, rows_files: dic
         rows={"samples": report["samples"], "kept": report["kept"]},
         stats={"removed_by": report["removed_by"], "skipped": report["skipped"]})
     return catalog.publish(folder, manifest)
-
-
-def filter_report(pool: pd.DataFrame, names: list[str], skipped: dict, clip_cutoff: float | None) -> dict:
-    removed = pd.DataFrame({n: ~pool[f"keep_{n}"].to_numpy() for n in names})
-    removed["embed"] = ~pool["embed_ok"].to_numpy()
-    reasons = {}
-    for name in names + ["embed"]:
-        column = pool[f"reason_{name}"].astype(str)
-        split = column[column != ""].str.split(",").explode()
-        reasons[name] = {k: int(v) for k, v in split.value_counts().sort_index().items()}
-    overlap = removed.T.astype(int) @ removed.astype(int)
-    return {
-        "samples": int(len(pool)), "kept": int(pool["keep"].sum()),
-        "removed_by": {name: int(removed[name].sum()) for name in removed.columns},
-        "removed_only_by": {name: int((removed[name] & (removed.sum(axis=1) == 1)).sum()) for name in removed.columns},
-        "reasons": reasons,
-        "overlap": {a: {b: int(overlap.loc[a, b]) for b in overlap.columns} for a in overlap.index},
-        "skipped": skipped, "clip_score_cutoff": clip_cutoff,
-    }
-
-
-def report_plot(report: dict) -> bytes:
-    names = list(report["removed_by"])
-    fig, (bars, heat) = subplots(1, 2, figsize=(12, 4.5))
-    bars.barh(names, [report["removed_by"][n] for n in names], color="#888", label="removed")
-    bars.barh(names, [report["removed_only_by"][n] for n in names], color="#c33", label="removed by this filter only")
-    bars.set_xlabel("samples")
-    bars.set_title(f"{report['samples'] - report['kept']} of {report['samples']} samples removed")
-    bars.legend(loc="lower right")
-    matrix = np.array([[report["overlap"][a][b] for b in names] for a in names])
-    heat.imshow(np.log1p(matrix), cmap="Reds")
-    heat.set_xticks(range(len(names)), names, rotation=60, ha="right")
-    heat.set_yticks(range(len(names)), names)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            heat.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7)
-    heat.set_title("samples removed by both filters")
-    return png_bytes(fig)

@@ -4,7 +4,8 @@
 - ``filter_folder_task``: the filter run's folder, from the embedding run's manifest.
 - ``rowwise_filters_task``: one shard's row-wise decisions (on the Dask workers).
 - ``poolwide_filters_task``: dedup, SemDeDup, CLIP score, the report and the manifest (cached by
-  the embedding manifest, the config and the evaluation sets).
+  the embedding manifest, the config and the evaluation sets), fanned out on the Dask cluster
+  the task runs on.
 - ``publish_latest_runs_task``: makes this run the pool's latest, then the artifacts.
 """
 
@@ -14,6 +15,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common.catalog import Catalog, EmbeddedShard, EmbeddingRun
+from tasks.common.dask_cluster import task_client
 from tasks.common.prefect_support import RETRY_DELAYS, artifact_key, retry_unless_input_error, validated_cache_key
 from tasks.common.store import Store
 from tasks.filters.config import FilterConfig
@@ -53,8 +55,9 @@ def poolwide_filters_task(store: Store, embeddings: dict, rows_files: dict[str, 
                           plan: dict) -> dict:
     inputs = {"embeddings": embeddings["content_hash"], "pool_manifest": plan["pool"]["content_hash"],
               "eval_tasklist": plan["tasklist_hash"]}
-    return poolwide_filters(Catalog(store), EmbeddingRun(embeddings), rows_files, FilterConfig.from_dict(config),
-                            folder, inputs)
+    with task_client() as client:  # the pool-wide work fans out on the cluster this task runs on
+        return poolwide_filters(Catalog(store), EmbeddingRun(embeddings), rows_files, FilterConfig.from_dict(config),
+                                folder, inputs, client=client)
 
 
 @task(name="publish_latest_runs", retries=2, retry_delay_seconds=RETRY_DELAYS[:2],

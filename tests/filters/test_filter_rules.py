@@ -9,7 +9,7 @@ from tasks.common.errors import InputError
 from tasks.filters.basic import basic_decisions
 from tasks.filters.clip_score import clip_score_cutoff, clip_score_decisions
 from tasks.filters.config import FilterConfig
-from tasks.filters.dedup import exact_duplicates, hamming_pairs, perceptual_duplicates
+from tasks.filters.dedup import all_pairs_perceptual_duplicates, exact_duplicates, exact_keys, hamming_pairs
 from tasks.filters.eval_dedup import eval_dedup_decisions
 from tasks.filters.nsfw import load_image_head, nsfw_image_decisions, nsfw_text_decisions
 
@@ -60,27 +60,24 @@ def test_nsfw_image_head(tmp_path):
 
 
 def test_exact_dedup_keeps_the_smallest_uid():
-    uid = pd.Series(["b", "a", "c", "d", "e"])
-    sha = pd.Series(["x", "x", "y", "x", None])
-    out = exact_duplicates(uid, sha)
-    assert out["keep_exact_dedup"].tolist() == [False, True, True, False, True]
-    assert out["duplicate_of_exact_dedup"].tolist() == ["a", "", "", "a", ""]
+    frame = pd.DataFrame({"id": np.arange(5, dtype=np.int64), "uid": ["b", "a", "c", "d", "e"],
+                          "sha256": ["x", "x", "y", "x", None]})
+    out = exact_duplicates(*exact_keys(frame, 3))
+    assert dict(zip(out["id"], out["duplicate_of"])) == {0: "a", 3: "a"}
 
 
 def test_perceptual_dedup_groups_transitively():
     base = 0b1111_0000
-    hashes = pd.Series(np.array([base, base ^ 0b11, base ^ 0b1111, 2**40 + 7, base ^ (0b11 << 20), -1],
-                                dtype=np.int64))
+    hashes = np.array([base, base ^ 0b11, base ^ 0b1111, 2**40 + 7, base ^ (0b11 << 20), -1], dtype=np.int64)
     # distances: 0-1: 2, 1-2: 2 (0-2: 4), 0-4: 2; 3 and 5 far from everything
-    i, j = hamming_pairs(hashes.to_numpy(), 2, block=2)
+    i, j = hamming_pairs(hashes, 2, block=2)
     assert sorted(zip(i.tolist(), j.tolist())) == [(0, 1), (0, 4), (1, 2)]
-    uid = pd.Series(["e", "c", "a", "d", "b", "f"])
-    out = perceptual_duplicates(uid, hashes, max_distance=2)
-    assert out["keep_phash_dedup"].tolist() == [False, False, True, True, False, True]
-    assert set(out.loc[~out["keep_phash_dedup"], "duplicate_of_phash_dedup"]) == {"a"}
-    invalid = perceptual_duplicates(uid, hashes, 2, valid=np.array([True, False, True, True, True, True]))
+    uid = np.array(["e", "c", "a", "d", "b", "f"])
+    out = all_pairs_perceptual_duplicates(uid, hashes, max_distance=2)
+    assert dict(zip(out["id"], out["duplicate_of"])) == {0: "a", 1: "a", 4: "a"}
+    invalid = all_pairs_perceptual_duplicates(uid, hashes, 2, valid=np.array([True, False, True, True, True, True]))
     # without 1, nothing links 0 and 2; 0 and 4 still pair, and 4 ("b") has the smaller uid
-    assert invalid["keep_phash_dedup"].tolist() == [False, True, True, True, True, True]
+    assert dict(zip(invalid["id"], invalid["duplicate_of"])) == {0: "b"}
 
 
 def test_eval_dedup_uses_the_nearest_evaluation_image():

@@ -1,10 +1,9 @@
 """SemDeDup: planted semantic duplicates inside k-means clusters, one kept per group, bounded windows."""
 
 import numpy as np
-import pandas as pd
 
 from tasks.cluster.hierarchical import normalise_rows
-from tasks.filters.semdedup import later_duplicates, semantic_duplicates
+from tasks.filters.semdedup import later_duplicates
 
 
 def test_later_duplicates_exact_case():
@@ -25,19 +24,3 @@ def test_windows_give_the_same_answer_as_one_block():
     windowed = later_duplicates(points, labels, rank, 0.98, window_rows=7, window_columns=13)
     np.testing.assert_array_equal(whole, windowed)
     assert whole.sum() == 150  # one of every planted pair goes
-
-
-def test_semantic_duplicates_on_planted_groups():
-    rng = np.random.default_rng(1)
-    originals = rng.normal(size=(300, 32)).astype(np.float32)
-    copies = originals[:60] + 0.02 * rng.normal(size=(60, 32)).astype(np.float32)
-    embeddings = np.concatenate([originals, copies, np.zeros((2, 32), np.float32)])
-    eligible = np.ones(len(embeddings), dtype=bool)
-    eligible[-2:] = False  # not embedded: left to the other filters
-    decisions = semantic_duplicates(embeddings, eligible, pd.RangeIndex(len(embeddings)), n_clusters=8,
-                                    threshold=0.95)
-    removed = ~decisions["keep_semdedup"].to_numpy()
-    pair_removed = removed[:60] ^ removed[300:360]
-    assert pair_removed.all()  # exactly one of each planted pair
-    assert removed.sum() == 60
-    assert set(decisions.loc[removed, "reason_semdedup"]) == {"semantic_duplicate"}
