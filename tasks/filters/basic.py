@@ -14,16 +14,59 @@ import pandas as pd
 from tasks.filters.config import FilterConfig
 
 _IDENTIFIER = None
+BATCH = 4096  # captions per sparse product
 
 
-def english_probability(texts: pd.Series) -> np.ndarray:
-    """langid's probability that each text is English (0 for an empty text); its model ships in the package."""
+def _identifier():
     global _IDENTIFIER
     if _IDENTIFIER is None:
         from langid.langid import LanguageIdentifier, model
 
         _IDENTIFIER = LanguageIdentifier.from_modelstring(model, norm_probs=True)
-    return np.array([dict(_IDENTIFIER.rank(text)).get("en", 0.0) if text.strip() else 0.0 for text in texts])
+    return _IDENTIFIER
+
+
+def _feature_counts(identifier, text: str) -> dict[int, int]:
+    """langid's byte n-gram features of one text: the states its tokenizer enters, mapped to features."""
+    state = 0
+    states: dict[int, int] = {}
+    for byte in text.encode("utf8"):
+        state = identifier.tk_nextmove[(state << 8) + byte]
+        states[state] = states.get(state, 0) + 1
+    features: dict[int, int] = {}
+    for state, count in states.items():
+        for index in identifier.tk_output.get(state, ()):
+            features[index] = features.get(index, 0) + count
+    return features
+
+
+def english_probability(texts: pd.Series) -> np.ndarray:
+    """langid's probability that each text is English (0 for an empty text); its model ships in the package.
+
+    The same model and the same normalised probability as ``LanguageIdentifier.rank``, computed for
+    a batch of texts at once: their feature counts as one sparse matrix times the model's
+    (features x languages) table, instead of one dense product per text (the cost of langid's own
+    ``rank``, about 2 ms a caption).
+    """
+    from scipy.sparse import csr_matrix
+
+    identifier = _identifier()
+    english = identifier.nb_classes.index("en")
+    values = [str(t) for t in texts]
+    out = np.zeros(len(values), dtype=np.float64)
+    for first in range(0, len(values), BATCH):
+        batch = values[first:first + BATCH]
+        counts = [_feature_counts(identifier, text) for text in batch]
+        indptr = np.concatenate([[0], np.cumsum([len(c) for c in counts])])
+        indices = np.fromiter((i for c in counts for i in c), dtype=np.int64, count=int(indptr[-1]))
+        data = np.fromiter((v for c in counts for v in c.values()), dtype=np.float64, count=int(indptr[-1]))
+        features = csr_matrix((data, indices, indptr), shape=(len(batch), identifier.nb_numfeats))
+        log_probability = np.asarray(features @ identifier.nb_ptc) + identifier.nb_pc
+        with np.errstate(over="ignore"):
+            probability = 1.0 / np.exp(log_probability - log_probability[:, [english]]).sum(axis=1)
+        empty = np.array([not text.strip() for text in batch])
+        out[first:first + len(batch)] = np.where(empty, 0.0, probability)
+    return out
 
 
 def basic_decisions(frame: pd.DataFrame, config: FilterConfig) -> pd.DataFrame:

@@ -37,6 +37,23 @@ from tasks.common.shuffle import hash_partition, split_frame
 PAIR_BUDGET = 1 << 22  # candidate pairs compared at once inside a partition
 
 
+def smallest_per_group(groups: np.ndarray, uids: np.ndarray) -> np.ndarray:
+    """For every row, the smallest uid of its group (one Arrow sort, then each group's first forward-filled)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    uids = np.asarray(uids).astype(str)
+    table = pa.table({"group": pa.array(groups), "uid": pa.array(uids, type=pa.string())})
+    order = pc.sort_indices(table, sort_keys=[("group", "ascending"), ("uid", "ascending")]).to_numpy()
+    group = np.asarray(groups)[order]
+    first = np.ones(len(group), dtype=bool)
+    first[1:] = group[1:] != group[:-1]
+    first_position = np.maximum.accumulate(np.where(first, np.arange(len(group)), 0))
+    keeper = np.empty(len(group), dtype=uids.dtype)
+    keeper[order] = uids[order][first_position]
+    return keeper
+
+
 def exact_keys(frame: pd.DataFrame, n_partitions: int) -> tuple[pd.DataFrame, ...]:
     """Split one shard's ``id``, ``uid``, ``sha256`` by sha256; rows without a hash are unique."""
     rows = frame.loc[frame["sha256"].notna() & (frame["sha256"].astype(str) != ""), ["id", "uid", "sha256"]]
@@ -46,10 +63,10 @@ def exact_keys(frame: pd.DataFrame, n_partitions: int) -> tuple[pd.DataFrame, ..
 def exact_duplicates(*pieces: pd.DataFrame) -> pd.DataFrame:
     """One partition's duplicates: every row whose sha256 is shared with a smaller uid."""
     rows = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=["id", "uid", "sha256"])
-    keeper = rows.groupby("sha256")["uid"].transform("min")
-    duplicate = (rows["uid"] != keeper).to_numpy()
-    return pd.DataFrame({"id": rows["id"].to_numpy(dtype=np.int64)[duplicate],
-                         "duplicate_of": keeper.to_numpy()[duplicate].astype(str)})
+    uids = rows["uid"].to_numpy().astype(str)
+    keeper = smallest_per_group(rows["sha256"].to_numpy().astype(str), uids)
+    duplicate = uids != keeper
+    return pd.DataFrame({"id": rows["id"].to_numpy(dtype=np.int64)[duplicate], "duplicate_of": keeper[duplicate]})
 
 
 def bands(max_distance: int) -> list[tuple[int, int]]:
@@ -149,7 +166,7 @@ def groups_to_duplicates(a: np.ndarray, b: np.ndarray, ids: np.ndarray, uids: np
                        shape=(len(nodes), len(nodes)))
     _, labels = connected_components(graph, directed=False)
     node_uids = pd.Series(uids, index=ids).loc[nodes].to_numpy().astype(str)
-    keeper = pd.Series(node_uids).groupby(labels).transform("min").to_numpy()
+    keeper = smallest_per_group(labels, node_uids)
     duplicate = node_uids != keeper
     return pd.DataFrame({"id": nodes[duplicate], "duplicate_of": keeper[duplicate]})
 
