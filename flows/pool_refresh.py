@@ -4,6 +4,16 @@
 
 Run it again at any time: finished slices are cache hits (``Cached``), an interrupted slice
 resumes from its finished shards, and only new or changed slices download.
+
+On several machines: start a Dask scheduler and, on each download machine, workers with one
+thread per slice to run there at once (``dask worker tcp://scheduler:8786 --nthreads 4``); then
+
+    python -m flows.pool_refresh --pool-index s3://bucket/pool --store s3://bucket/store \
+        --pool-name mypool --dask-address tcp://scheduler:8786
+
+runs each slice's task (cached and retried as on one machine) in a Dask worker, which starts
+img2dataset as its child process. The store must be one the workers reach at the same URI: an
+object store, or a local folder shared by the machines and mounted at the same path.
 """
 
 from __future__ import annotations
@@ -14,10 +24,11 @@ import json
 from prefect import flow
 
 from flows.embed_filter import run_embed_filter
+from tasks.common.dask_cluster import scheduler_address
 from tasks.common.errors import StageFailed
 from tasks.common.prefect_settings import use_project_settings
 from tasks.common.prefect_support import cached_in_store, run_bounded, store_from
-from tasks.download.task import download_slice_task, plan_pool_download_task, publish_pool_task
+from tasks.download.task import download_slice_task, plan_pool_download_task, publish_pool_task, run_on_dask
 
 
 @flow(name="pool_refresh", log_prints=True)
@@ -38,6 +49,7 @@ def pool_refresh(
     filters: dict | None = None,
     dask_address: str = "",
     storage_options: dict | None = None,
+    download_on_dask: bool = True,
 ) -> dict:
     """Download the pool index into webdataset shards under the store.
 
@@ -47,8 +59,10 @@ def pool_refresh(
         pool_name: the pool's folder name under ``<store>/pools/``.
         slice_size: rows per slice; each slice is one retried, cached task.
         shard_size: samples per webdataset shard.
-        processes: img2dataset processes in all; ``processes // processes_per_slice`` slices
-            download at once, so one slice's start-up and tail overlap another's downloads.
+        processes: img2dataset processes in all when the slices download in this flow's process
+            (no Dask address): ``processes // processes_per_slice`` slices download at once, so one
+            slice's start-up and tail overlap another's downloads. On Dask it is not used: each
+            worker thread downloads one slice at a time.
         processes_per_slice: img2dataset processes of one slice.
         threads: img2dataset threads per process.
         image_size: img2dataset image size (with ``resize_mode``; only shrinks, as DataComp).
@@ -58,9 +72,15 @@ def pool_refresh(
         embedder: when set, embed and filter after the download (flows/embed_filter.py):
             {"model": open_clip architecture, "checkpoint": pretrained tag or checkpoint file, ...}.
         filters: filter settings (tasks/filters/config.py); used with ``embedder``.
-        dask_address: Dask scheduler for embedding and filtering; empty: a local cluster.
+        dask_address: Dask scheduler (or Dask's ``scheduler-address`` setting, e.g. the
+            ``DASK_SCHEDULER_ADDRESS`` variable) for the download (see ``download_on_dask``) and for
+            embedding and filtering. Empty: slices download in this flow's process, and embedding
+            runs on a local cluster.
         storage_options: fsspec options for an s3:// store and index (endpoint, region; no secrets:
             credentials come from the environment or a Prefect Secret block named by "credentials_block").
+        download_on_dask: with a Dask address, each slice's task runs on the Dask workers (one
+            slice per worker thread, img2dataset a child process of the worker); false keeps the
+            downloads in this flow's process and uses the cluster for embedding only.
     Returns:
         The pool manifest (also at ``<store>/pools/<pool_name>/manifest.json``); with an embedder,
         plus ``embeddings`` and ``filters``: the manifests of those stages.
@@ -70,8 +90,12 @@ def pool_refresh(
     the_store = store_from(store, storage_options)
     plans = plan_pool_download_task(the_store, pool_index, pool_name, slice_size, config)
     download = cached_in_store(download_slice_task, the_store)
-    states = run_bounded(download, [(the_store, plan, config) for plan in plans],
-                         limit=max(1, processes // max(1, processes_per_slice)))
+    calls = [(the_store, plan, config) for plan in plans]
+    address = scheduler_address(dask_address) if download_on_dask else None
+    if address:
+        states = run_on_dask(download, calls, address)
+    else:
+        states = run_bounded(download, calls, limit=max(1, processes // max(1, processes_per_slice)))
     failed = [plan["index"] for plan, state in zip(plans, states) if not state.is_completed()]
     if failed:
         raise StageFailed(f"pool {pool_name!r}: slices {failed} failed after retries; finished slices are kept, "
@@ -97,11 +121,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--timeout", type=int, default=10)
+    parser.add_argument("--dask-address", default="",
+                        help="Dask scheduler whose workers download the slices (one per worker thread)")
+    parser.add_argument("--no-download-on-dask", dest="download_on_dask", action="store_false",
+                        help="download in this process even with a Dask address")
     args = parser.parse_args(argv)
     manifest = pool_refresh(pool_index=args.pool_index, store=args.store, pool_name=args.pool_name,
                             slice_size=args.slice_size, shard_size=args.shard_size, processes=args.processes,
                             processes_per_slice=args.processes_per_slice, threads=args.threads,
-                            image_size=args.image_size, timeout=args.timeout)
+                            image_size=args.image_size, timeout=args.timeout, dask_address=args.dask_address,
+                            download_on_dask=args.download_on_dask)
     print(json.dumps({"pool": manifest["outputs"]["folder"], "rows": manifest["rows"]}, indent=2))
 
 

@@ -4,14 +4,19 @@
   slice's rows; returns the slice plans (dicts). Fails before any download.
 - ``download_slice_task``: one slice with img2dataset (cached by the slice key, retried).
 - ``publish_pool_task``: the pool manifest and report in the store, and the artifacts.
+- :func:`run_on_dask`: the flow's way to run the slice tasks on a Dask cluster's workers.
 """
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+import os
+import socket
+
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common.catalog import Catalog
+from tasks.common.dask_cluster import dask_task_runner
 from tasks.common.prefect_support import RETRY_DELAYS, artifact_key, retry_unless_input_error, validated_cache_key
 from tasks.common.store import Store
 from tasks.download.pool import plan_pool_download, publish_pool
@@ -40,9 +45,36 @@ def plan_pool_download_task(store: Store, pool_index: str, pool_name: str, slice
 def download_slice_task(store: Store, plan: dict, config: dict) -> dict:
     logger = get_run_logger()
     manifest = download_slice(Catalog(store), SlicePlan(**plan), DownloadConfig(**config), log=logger.info)
-    logger.info("slice %d: %s in %.1f s", plan["index"], manifest["stats"]["status_counts"],
-                manifest["stats"]["seconds"])
+    logger.info("slice %d: %s in %.1f s (on %s, process %d)", plan["index"], manifest["stats"]["status_counts"],
+                manifest["stats"]["seconds"], socket.gethostname(), os.getpid())
     return manifest
+
+
+def run_on_dask(task: Task, calls: list[tuple], address: str) -> list:
+    """Run ``task`` once per argument tuple on the Dask cluster at ``address``; return the final states
+    in the order of ``calls`` (failures are returned, not raised), as :func:`run_bounded` does in threads.
+
+    Called inside a flow run: the task runs belong to it, exactly as with ``task.submit``, and keep
+    their caching and retries; only where they execute changes. Every call is submitted at once and
+    the scheduler hands each to a free worker thread, so a worker started with ``--nthreads N``
+    downloads N slices at a time, and workers that join later take their share. The arguments are
+    pickled to the worker: a Store carries its fsspec options and resolved credentials with it.
+    """
+    from prefect.states import Failed
+    from prefect.utilities.callables import get_call_parameters
+
+    with dask_task_runner(address) as runner:
+        futures = [runner.submit(task, get_call_parameters(task.fn, args, {})) for args in calls]
+        states = []
+        for future in futures:
+            future.wait()
+            dask_future = future.wrapped_future
+            if dask_future.status == "error":  # lost with its workers (KilledWorker), so it has no final state
+                states.append(Failed(message=f"task run {future.task_run_id} on Dask at {address}: "
+                                             f"{dask_future.exception()!r}"))
+            else:
+                states.append(future.state)
+        return states
 
 
 @task(name="publish_pool_manifest", retries=2, retry_delay_seconds=RETRY_DELAYS[:2],
