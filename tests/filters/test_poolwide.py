@@ -178,3 +178,25 @@ def test_two_workers_one_killed_mid_run_give_the_same_decisions(pool):
         assert time.monotonic() - started > 2.0, "the run ended before the kill: the test proves nothing"
         assert pids[0] not in client.run(os.getpid).values()  # the nanny restarted a killed worker
     pd.testing.assert_frame_equal(local, distributed)
+
+
+def test_a_coarse_cluster_larger_than_a_partition_is_split(pool, monkeypatch):
+    import tasks.filters.semdedup as semdedup
+
+    store, run, rows_files, truth = pool
+    seen = []
+    original = semdedup._partition_duplicates
+
+    def recording(*pieces, **kwargs):
+        seen.append(sum(len(p[0]) for p in pieces))
+        return original(*pieces, **kwargs)
+
+    monkeypatch.setattr(semdedup, "_partition_duplicates", recording)
+    shards = [(store.relative(s.image_embeddings), np.arange(ROWS), (np.int64(k) << 32) | np.arange(ROWS))
+              for k, s in enumerate(run.shards)]
+    # one coarse cluster for 1,200 rows (cluster_size 1,000), partitions of at most 250 rows
+    found = semantic_duplicates(store, shards, 0.99, cluster_size=1000, engine="dask", max_partition_rows=250)
+    assert sum(seen) == 4 * ROWS and max(seen) <= 250 and len(seen) >= 5
+    source, copies = truth["semantic"]
+    as_ids = lambda rows: ((rows // ROWS).astype(np.int64) << 32) | (rows % ROWS)  # noqa: E731
+    assert (np.isin(as_ids(source), found) | np.isin(as_ids(copies), found)).mean() >= 0.8
