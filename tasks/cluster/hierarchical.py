@@ -6,29 +6,49 @@ In:  points (numpy/cupy in memory, or a Dask array streamed from the store), a l
 Out: :class:`HierarchicalKMeans` with ``levels_``: one :class:`ClusterLevel` per level, whose
      inputs are the samples (level 1) or the previous level's centroids, each counted once.
 
-Per level ``t``: k-means (k-means++ seeding) on the level's input ``I``; then ``m`` times: take
+Per level ``t``: k-means (k-means++ seeding, k-means|| for large inputs: :mod:`tasks.cluster.kmeans`) on the level's input ``I``; then ``m`` times: take
 the ``r`` members of every cluster closest to its centroid (or ``r`` random members), run a fresh
 k-means on those only, and reassign all of ``I`` to the new centroids. The level keeps the
-centroids fitted on the resampled points. A checkpoint object (see
-:class:`~tasks.cluster.tree.StoreCheckpoints`) saves the centroids after every step and each
-finished level, so a killed run resumes at the last step; every step draws from its own seed, so
-a resumed run ends exactly where an uninterrupted one does.
+centroids fitted on the resampled points. On a Dask input the resampled points of level 1 stay
+on the workers (the Dask array is indexed and persisted); levels 2+ cluster centroids in memory.
+
+Split level 1 (the paper's cheap level 1, :mod:`tasks.cluster.split`): ``split > 0`` runs the
+k-means above with ``k`` coarse clusters and then splits each into up to ``split``. By default a
+level 1 that asks for ``k >= auto_split_from`` clusters (4096; 0 turns it off) and gives no
+``split`` runs as a recursive split: a k-means with ``AUTO_BRANCHING`` (32) coarse clusters, then
+every cluster split into 32 again, and again, the last round into just enough to reach ``k``
+(``10^5`` clusters: 32 x 32 x 32 x 4). A k-means iteration then compares each point with about
+``32 log_32(k)`` centroids instead of ``k`` (100 instead of 100,000 at ``k = 10^5``), so the level's
+time grows as ``n log k``, not ``n k``. The level has about ``k`` clusters (fewer where a cluster
+holds fewer points than its split); :meth:`HierarchicalKMeans.plan` and ``plans_`` say what ran.
+
+A checkpoint object (see :class:`~tasks.cluster.tree.StoreCheckpoints`) saves the centroids after
+every step and each finished level, so a killed run resumes at the last step; every step draws
+from its own seed, so a resumed run ends exactly where an uninterrupted one does.
+
+Memory of the driver: the labels (int64) and squared distances (float32) of every level-1 input
+and the member order of every level (int64): per-sample numeric arrays of about 20 bytes a sample
+(200 MB at 10 million, acceptable), plus centroids, one reduced set of k-means statistics and the
+seeding candidates; the level-1 points themselves stay on the workers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
-from tasks.cluster.kmeans import KMeans, assign_points, check_finite, compute_on, is_dask_array
+from tasks.cluster.kmeans import KMeans, assign_points, check_finite, is_dask_array
 from tasks.cluster.lloyd import DEFAULT_CHUNK_ROWS, array_module, to_host
 from tasks.cluster.split import split_clusters
 from tasks.common.errors import InputError
 
 METRICS = ("cosine", "l2")
 RESAMPLING = ("closest", "random")
+AUTO_SPLIT_FROM = 4096  # level-1 k from which the level runs split by default (0: never)
+AUTO_BRANCHING = 32  # clusters per split round of the automatic split
 
 
 @dataclass(frozen=True)
@@ -36,7 +56,14 @@ class LevelSpec:
     """One level: ``k`` clusters, ``resampling_steps`` (m), ``points_per_cluster`` (r; 0 means half
     the level's mean cluster size, as the paper's code), ``resampling`` "closest" or "random";
     ``split`` (level 1 only): split each of the ``k`` clusters into up to ``split`` by a local
-    k-means, the paper's cheap level 1 for very large pools (:mod:`tasks.cluster.split`)."""
+    k-means, the paper's cheap level 1 for very large pools (:mod:`tasks.cluster.split`).
+
+    With ``split = 0`` a level 1 with ``k >= auto_split_from`` (a setting of
+    :class:`HierarchicalKMeans` and of the clustering config, 4096 by default, 0 = never) runs as
+    a recursive split: 32 coarse clusters, each split into 32, and so on, the last round into
+    ``ceil(k / clusters so far)`` (about ``k`` clusters in all; resampling steps apply to the
+    coarse k-means). What ran is :meth:`HierarchicalKMeans.describe` (``plans_`` after a fit,
+    ``ran`` in the stage's tree.json)."""
 
     k: int
     resampling_steps: int = 0
@@ -136,7 +163,7 @@ class HierarchicalKMeans:
     def __init__(self, levels: list[LevelSpec | dict | int], *, metric: str = "cosine", engine: str = "auto",
                  max_iter: int = 50, tol: float = 1e-4, seed: int = 0, client=None,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS, checkpoints: Checkpoints | None = None,
-                 on_step=None):
+                 on_step=None, auto_split_from: int = AUTO_SPLIT_FROM):
         if not levels:
             raise InputError("levels: at least one level is needed")
         self.levels = [LevelSpec.from_value(v) for v in levels]
@@ -151,6 +178,9 @@ class HierarchicalKMeans:
                 raise InputError(f"level {number}: split={spec.split} is only for level 1 (levels[{number - 1}].split)")
         if metric not in METRICS:
             raise InputError(f"metric={metric!r}: expected cosine or l2")
+        if auto_split_from < 0:
+            raise InputError(f"auto_split_from={auto_split_from}: must be 0 (never split by default) or positive")
+        self.auto_split_from = auto_split_from
         self.metric = metric
         self.engine = engine
         self.max_iter = max_iter
@@ -161,12 +191,44 @@ class HierarchicalKMeans:
         self.checkpoints = checkpoints
         self.on_step = on_step  # called as on_step(level, step, steps) after each k-means of a level
 
+    def plan(self, number: int, spec: LevelSpec) -> LevelSpec:
+        """The level as it runs: ``spec``, or for a large level 1 without ``split`` the automatic
+        recursive split (``AUTO_BRANCHING`` coarse clusters; :meth:`split_rounds` says the rest)."""
+        if number != 1 or spec.split or not self.auto_split_from or spec.k < self.auto_split_from:
+            return spec
+        return replace(spec, k=min(AUTO_BRANCHING, spec.k), split=-1)
+
+    @staticmethod
+    def split_rounds(requested_k: int, coarse_k: int) -> list[int]:
+        """Sub-clusters per cluster in each round of an automatic split from ``coarse_k`` to ``requested_k``."""
+        rounds, clusters = [], coarse_k
+        while clusters < requested_k:
+            split = min(AUTO_BRANCHING, -(-requested_k // clusters))
+            rounds.append(split)
+            clusters *= split
+        return rounds
+
+    def describe(self, number: int) -> dict:
+        """What level ``number`` ran: ``kmeans`` with its k, or ``split`` with the coarse k and the splits."""
+        spec = self.levels[number - 1]
+        ran = self.plan(number, spec)
+        if not ran.split:
+            return {"method": "kmeans", "k": spec.k}
+        if ran.split < 0:
+            return {"method": "split", "requested_k": spec.k, "coarse_k": ran.k,
+                    "splits": self.split_rounds(spec.k, ran.k), "automatic": True}
+        return {"method": "split", "requested_k": spec.k * spec.split, "coarse_k": ran.k, "splits": [ran.split],
+                "automatic": False}
+
     def fit(self, points) -> "HierarchicalKMeans":
         inputs = self._prepared(points)
         self.levels_: list[ClusterLevel] = []
+        self.plans_ = [self.describe(number) for number in range(1, len(self.levels) + 1)]
         for number, spec in enumerate(self.levels, 1):
             saved = self.checkpoints.load_level(number) if self.checkpoints else None
-            level = saved or self._fit_level(number, spec, inputs)
+            if saved is None:
+                self._check_k(number, spec, inputs)
+            level = saved or self._fit_level(number, self.plan(number, spec), inputs)
             self.levels_.append(level)
             inputs = normalise_rows(level.centroids) if self.metric == "cosine" else level.centroids
         return self
@@ -192,12 +254,16 @@ class HierarchicalKMeans:
         return KMeans(k, engine=self.engine, max_iter=self.max_iter, tol=self.tol, seed=seed, client=self.client,
                       chunk_rows=self.chunk_rows)
 
-    def _fit_level(self, number: int, spec: LevelSpec, inputs) -> ClusterLevel:
+    @staticmethod
+    def _check_k(number: int, spec: LevelSpec, inputs) -> None:
         n_inputs = int(inputs.shape[0])
         if spec.k > n_inputs:
             where = "samples" if number == 1 else f"centroids of level {number - 1}"
             raise InputError(f"level {number}: k={spec.k} is larger than its {n_inputs} inputs ({where}); "
                              f"lower levels[{number - 1}].k")
+
+    def _fit_level(self, number: int, spec: LevelSpec, inputs) -> ClusterLevel:
+        n_inputs = int(inputs.shape[0])
         resumed = self.checkpoints.latest_step(number) if self.checkpoints else None
         if resumed is None:
             model = self._kmeans(spec.k, step_seed(self.seed, number, 0)).fit(inputs)
@@ -213,15 +279,22 @@ class HierarchicalKMeans:
             chosen = resample_indices(labels, distances, spec.k, r, spec.resampling, rng)
             if len(chosen) >= spec.k:  # fewer resampled points than clusters: keep the centroids
                 resampled = inputs[chosen]
-                if is_dask_array(resampled):
-                    resampled = compute_on(self.client, [resampled])[0]
+                if is_dask_array(resampled):  # level 1: the resampled points stay on the workers
+                    resampled = self.client.persist(resampled) if self.client is not None else resampled.persist()
                 centroids = self._kmeans(spec.k, step_seed(self.seed, number, step)).fit(resampled).cluster_centers_
             labels, distances = self._assign(inputs, centroids)
             self._record(number, step, centroids, spec.resampling_steps)
-        if spec.split:
-            centroids, _, labels, distances = split_clusters(inputs, labels, spec.k, spec.split,
-                                                             step_seed(self.seed, number, spec.resampling_steps + 1),
-                                                             max_iter=self.max_iter, tol=self.tol, client=self.client)
+        if spec.split < 0:  # the automatic split
+            splits = self.split_rounds(self.levels[number - 1].k, spec.k)
+        else:
+            splits = [spec.split] if spec.split else []
+        clusters = spec.k
+        for round_number, split in enumerate(splits, 1):  # a few rounds: log_32 of k
+            seed = step_seed(self.seed, number, spec.resampling_steps + round_number)
+            centroids, offsets, labels, distances = split_clusters(inputs, labels, clusters, split, seed,
+                                                                   max_iter=self.max_iter, tol=self.tol,
+                                                                   client=self.client)
+            clusters = int(offsets[-1])
         level = ClusterLevel(centroids=np.asarray(centroids, dtype=np.float32), labels=labels.astype(np.int64),
                              distances=distances.astype(np.float32))
         if self.checkpoints:

@@ -8,15 +8,26 @@ Out: a fitted :class:`KMeans`: ``cluster_centers_`` (``k x d`` float32 numpy), `
 Engines (``engine=``):
 
 - ``dask``: Lloyd's algorithm of :mod:`tasks.cluster.lloyd`; each iteration sends the centroids
-  to the blocks and gets back per-cluster sums and counts. k-means++ seeding on all points for
-  small problems, on a uniform sample of ``init_sample_size`` points for large ones. Empty
-  clusters take the points farthest from their centroid. Stops after ``max_iter`` iterations or
-  when the inertia improves by less than ``tol`` (relative).
+  to the blocks and gets back per-cluster sums and counts (only for the clusters a block touches),
+  added up in a tree of reductions on the workers. Seeding (:mod:`tasks.cluster.init`): exact
+  k-means++ on all points when ``n * k <= FULL_SEEDING_LIMIT`` and, for a Dask input, ``n <=
+  GATHER_LIMIT`` (or when k-means|| would draw as many candidates as there are points); k-means++ on a uniform sample of ``init_sample_size`` points when
+  that is given; otherwise k-means|| over the blocks where they are, on a uniform sample of
+  ``max(50 k, FULL_SEEDING_LIMIT / k)`` of their rows that stays on the workers (seeding then costs
+  ``O(k^2 d)`` and one pass over the points, not rounds over all of them), which brings at most
+  ``1 + 5 * 2k`` candidate rows to the driver (``seeding_`` says which ran). Empty clusters take the
+  points farthest from their centroid. Stops after ``max_iter`` iterations or when the inertia
+  improves by less than ``tol`` (relative).
+
 - ``cuml``: ``cuml.dask.cluster.KMeans`` (Dask arrays) or ``cuml.cluster.KMeans`` (in memory) on
   GPUs, see :mod:`tasks.cluster.cuml_engine`.
 - ``auto``: ``cuml`` where cuML imports and a GPU is visible, else ``dask``. A GPU that the
   driver lists but cupy or cuML cannot use raises :class:`~tasks.common.errors.GpuSetupError`
   (a broken CUDA install is reported, not run on the CPU); ``engine="dask"`` asks for the CPU.
+
+Memory of the driver for a Dask input: the centroids, the candidates of seeding, one reduced set
+of statistics per iteration (at most ``k x d`` float64), and the labels (int64) and distances
+(float32) of every point, which the caller asked for. The blocks never leave the workers.
 """
 
 from __future__ import annotations
@@ -26,14 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from tasks.cluster.init import kmeans_plus_plus
-from tasks.cluster.lloyd import (DEFAULT_CHUNK_ROWS, BlockStatistics, array_module, assign, block_statistics,
+from tasks.cluster.init import candidate_bound, kmeans_parallel, kmeans_plus_plus
+from tasks.cluster.lloyd import (DEFAULT_CHUNK_ROWS, array_module, assign, block_statistics,
                                  combine_statistics, lloyd, to_host)
 from tasks.common.errors import InputError
 from tasks.common.gpu import gpu_available, gpu_setup_error, visible_gpus
 
 ENGINES = ("auto", "dask", "cuml")
-FULL_SEEDING_LIMIT = 20_000_000  # n * k above which k-means++ seeds on a sample
+FULL_SEEDING_LIMIT = 20_000_000  # n * k above which k-means|| seeds instead of k-means++ on all points
+GATHER_LIMIT = 200_000  # rows of a Dask input that exact k-means++ may bring into the driver
+SEEDING_POINTS_PER_CLUSTER = 50  # k-means|| runs on a uniform sample of max(50 k, FULL_SEEDING_LIMIT / k) points
 
 
 def cuml_available() -> bool:
@@ -112,7 +125,7 @@ class KMeans:
             self.cluster_centers_, self.n_iter_ = fit_cuml(points, self.n_clusters, init, self.max_iter, self.tol,
                                                            self.seed, self.client)
         else:
-            self._fit_lloyd(points, init)
+            points = self._fit_lloyd(points, init)
         self.labels_, self.distances_ = self.assign(points)
         self.inertia_ = float(self.distances_.astype(np.float64).sum())
         return self
@@ -135,33 +148,41 @@ class KMeans:
             raise InputError(f"n_clusters={self.n_clusters} is larger than the {n} input points")
         return n, d
 
-    def _fit_lloyd(self, points, init: np.ndarray | None) -> None:
+    def _fit_lloyd(self, points, init: np.ndarray | None):
+        """Fits the centroids; returns the points as clustered (a Dask input persisted)."""
         rng = np.random.default_rng(self.seed)
-        distributed = is_dask_array(points)
-        if distributed:
+        if is_dask_array(points):
             points = points.rechunk({1: -1})
             points = self.client.persist(points) if self.client is not None else points.persist()
             bad_rows = self._compute([_nonfinite_rows(points)])[0]
             if len(bad_rows):
                 raise InputError(f"points: row {int(bad_rows[0])} holds NaN or infinite values "
                                  f"({len(bad_rows)} such rows)")
-            blocks = self._block_handles(points)
         else:
             check_finite(points)
-        centroids = init if init is not None else self._seed(points, rng)
-        if distributed:
-            def statistics(current):
-                return self._iteration_statistics(blocks, current)
+        blocks = Blocks(points, self.client)
+        if init is not None:
+            centroids, self.seeding_ = init, {"method": "init"}
         else:
-            def statistics(current):
-                return block_statistics(points, current, chunk_rows=self.chunk_rows)
-        self.cluster_centers_, self.n_iter_ = lloyd(statistics, centroids, self.max_iter, self.tol)
+            centroids = self._seed(points, rng, blocks)
 
-    def _seed(self, points, rng: np.random.Generator) -> np.ndarray:
-        n = int(points.shape[0])
-        sample_size = self.init_sample_size or (n if n * self.n_clusters <= FULL_SEEDING_LIMIT
-                                                else max(20 * self.n_clusters, FULL_SEEDING_LIMIT // self.n_clusters))
-        sample_size = min(n, max(sample_size, self.n_clusters))
+        def statistics(current):
+            return blocks.map_reduce(block_statistics, combine_statistics, current, fanin=self.reduce_fanin,
+                                     chunk_rows=self.chunk_rows)
+
+        self.cluster_centers_, self.n_iter_ = lloyd(statistics, centroids, self.max_iter, self.tol)
+        return points
+
+    def _seed(self, points, rng: np.random.Generator, blocks: "Blocks") -> np.ndarray:
+        n, k = int(points.shape[0]), self.n_clusters
+        large = n * k > FULL_SEEDING_LIMIT or (is_dask_array(points) and n > GATHER_LIMIT)
+        if self.init_sample_size is None and large and candidate_bound(k) < n:
+            sample = min(n, max(SEEDING_POINTS_PER_CLUSTER * k, FULL_SEEDING_LIMIT // k))
+            seeds, candidates = kmeans_parallel(blocks, k, rng, sample_size=sample, chunk_rows=self.chunk_rows)
+            self.seeding_ = {"method": "k-means||", "sample": sample, "candidates": candidates,
+                             "candidate_bound": candidate_bound(k)}
+            return seeds
+        sample_size = min(n, max(self.init_sample_size or n, k))
         if sample_size < n:
             rows = np.sort(rng.choice(n, sample_size, replace=False))
             sample = points[rows]
@@ -169,49 +190,9 @@ class KMeans:
                 sample = self._compute([sample])[0]
         else:
             sample = self._compute([points])[0] if is_dask_array(points) else points
-        seeds = kmeans_plus_plus(sample, self.n_clusters, rng)
+        self.seeding_ = {"method": "k-means++", "points": sample_size}
+        seeds = kmeans_plus_plus(sample, k, rng)
         return np.asarray(to_host(sample[seeds]), dtype=np.float32)
-
-    def _block_handles(self, points) -> list:
-        """The persisted blocks: delayed objects, or with a client (future, worker holding it) pairs."""
-        if self.client is None:
-            return list(points.to_delayed().ravel())
-        from dask.core import flatten
-        from distributed import futures_of
-
-        by_key = {future.key: future for future in futures_of(points)}
-        futures = [by_key[key] for key in flatten(points.__dask_keys__())]
-        holders = self.client.who_has(futures)
-        return [(future, next(iter(holders.get(future.key) or []), None)) for future in futures]
-
-    def _iteration_statistics(self, blocks: list, centroids: np.ndarray) -> BlockStatistics:
-        if self.client is not None:
-            return self._pinned_iteration_statistics(blocks, centroids)
-        import dask
-
-        shared = dask.delayed(centroids, pure=True)
-        parts = [dask.delayed(block_statistics, pure=True)(block, shared, chunk_rows=self.chunk_rows)
-                 for block in blocks]
-        while len(parts) > 1:  # a tree of reductions: no single task receives every block's sums
-            parts = [dask.delayed(combine_statistics, pure=True)(*parts[i:i + self.reduce_fanin])
-                     for i in range(0, len(parts), self.reduce_fanin)]
-        return dask.compute(parts[0])[0]
-
-    def _pinned_iteration_statistics(self, blocks: list, centroids: np.ndarray) -> BlockStatistics:
-        """One iteration with every block's task on the worker that holds the block.
-
-        Dask's work stealing would otherwise copy blocks between workers and leave one worker
-        with more blocks than the other: data never moves, only centroids and sums do.
-        """
-        client = self.client
-        shared = client.scatter(centroids, broadcast=True, hash=False)
-        parts = [client.submit(block_statistics, block, shared, chunk_rows=self.chunk_rows, pure=False,
-                               workers=[worker] if worker else None, allow_other_workers=worker is None)
-                 for block, worker in blocks]
-        while len(parts) > 1:
-            parts = [client.submit(combine_statistics, *parts[i:i + self.reduce_fanin], pure=False)
-                     for i in range(0, len(parts), self.reduce_fanin)]
-        return parts[0].result()
 
     def _compute(self, collections: list) -> list:
         return compute_on(self.client, collections)
@@ -226,13 +207,132 @@ def compute_on(client, collections: list) -> list:
     return list(dask.compute(*collections))
 
 
+class Blocks:
+    """The blocks of a numpy/cupy array (one block) or of a persisted Dask array, and one way to run a
+    function on each of them where it is.
+
+    ``map(function, *shared, per_block=...)`` calls ``function(block, *per_block[i], *shared)``: in
+    this process for an in-memory array; with Dask's default scheduler for a Dask array without a
+    client (its results are local values); with a client, every task on the worker that holds its
+    block (work stealing would otherwise copy blocks between workers), shared arrays scattered to
+    every worker once per call, and the results kept there as futures until :meth:`gather`.
+    """
+
+    def __init__(self, points, client=None):
+        self.client = client
+        self.n = int(points.shape[0])
+        if not is_dask_array(points):
+            self.handles, self.workers, self.starts = [points], [None], np.zeros(1, dtype=np.int64)
+            self.mode = "memory"
+            return
+        self.starts = np.concatenate([[0], np.cumsum(points.chunks[0])[:-1]]).astype(np.int64)
+        if client is None:
+            self.handles, self.mode = list(points.to_delayed().ravel()), "dask"
+            self.workers = [None] * len(self.handles)
+            return
+        from dask.core import flatten
+        from distributed import futures_of, wait
+
+        self.mode = "client"
+        by_key = {future.key: future for future in futures_of(points)}
+        self.handles = [by_key[key] for key in flatten(points.__dask_keys__())]
+        wait(self.handles)  # where each block is, once it is there
+        holders = client.who_has(self.handles)
+        self.workers = [next(iter(holders.get(future.key) or []), None) for future in self.handles]
+
+    def map(self, function, *shared, per_block: list[tuple] | None = None, **keywords) -> list:
+        per_block = per_block or [()] * len(self.handles)
+        if self.mode == "memory":
+            return [function(block, *args, *shared, **keywords) for block, args in zip(self.handles, per_block)]
+        if self.mode == "dask":
+            import dask
+
+            wrapped = [dask.delayed(value, pure=True) if hasattr(value, "shape") else value for value in shared]
+            return list(dask.compute(*[dask.delayed(function, pure=True)(block, *args, *wrapped, **keywords)
+                                       for block, args in zip(self.handles, per_block)]))
+        client = self.client
+        wrapped = [client.scatter(value, broadcast=True, hash=False) if hasattr(value, "shape") else value
+                   for value in shared]
+        return [client.submit(function, block, *args, *wrapped, pure=False, workers=[worker] if worker else None,
+                              **keywords)
+                for block, worker, args in zip(self.handles, self.workers, per_block)]
+
+    def put(self, values: list) -> list:
+        """One value per block, placed (with a client) on the worker that holds the block."""
+        if self.mode != "client":
+            return list(values)
+        return [self.client.scatter(value, workers=[worker] if worker else None, hash=False)
+                for value, worker in zip(values, self.workers)]
+
+    def gather(self, handles: list) -> list:
+        return self.client.gather(handles) if self.mode == "client" else list(handles)
+
+    def map_reduce(self, function, combine, *shared, per_block: list[tuple] | None = None, fanin: int = 8,
+                   **keywords):
+        """``combine`` over every block's ``function`` result, in a tree of reductions on the workers
+        (or in one Dask graph): no task receives every block's result."""
+        if self.mode == "dask":
+            import dask
+
+            wrapped = [dask.delayed(value, pure=True) if hasattr(value, "shape") else value for value in shared]
+            parts = [dask.delayed(function, pure=True)(block, *args, *wrapped, **keywords)
+                     for block, args in zip(self.handles, per_block or [()] * len(self.handles))]
+            while len(parts) > 1:
+                parts = [dask.delayed(combine, pure=True)(*parts[i:i + fanin]) for i in range(0, len(parts), fanin)]
+            return dask.compute(parts[0])[0]
+        parts = self.map(function, *shared, per_block=per_block, **keywords)
+        if self.mode == "memory":
+            return combine(*parts) if len(parts) > 1 else parts[0]
+        while len(parts) > 1:
+            parts = [self.client.submit(combine, *parts[i:i + fanin], pure=False) for i in range(0, len(parts), fanin)]
+        return parts[0].result()
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """The rows at sorted global ``indices`` (float32 numpy), read from the blocks that hold them."""
+        indices = np.asarray(indices, dtype=np.int64)
+        bounds = np.searchsorted(indices, np.append(self.starts, self.n))
+        wanted = [i for i in range(len(self.handles)) if bounds[i + 1] > bounds[i]]
+        local = [(indices[bounds[i]:bounds[i + 1]] - self.starts[i],) for i in wanted]
+        picked = self.gather(self._subset(wanted).map(_take, per_block=local))
+        return np.concatenate(picked).astype(np.float32).reshape(len(indices), -1)
+
+    def derived(self, function, *shared, per_block: list[tuple] | None = None) -> "Blocks":
+        """The blocks that ``function(block, ...)`` makes of these, kept where these are."""
+        made = self.map(function, *shared, per_block=per_block)
+        sizes = self.gather(self.map(_length, per_block=[(h,) for h in made])) if self.mode == "client" else \
+            [len(h) for h in made]
+        result = object.__new__(Blocks)
+        result.client, result.mode, result.workers, result.handles = self.client, self.mode, self.workers, made
+        if self.mode == "dask":  # computed values in this process
+            result.mode = "memory"
+        result.n = int(np.sum(sizes))
+        result.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        return result
+
+    def _subset(self, chosen: list[int]) -> "Blocks":
+        result = object.__new__(Blocks)
+        result.__dict__.update(self.__dict__)
+        result.handles = [self.handles[i] for i in chosen]
+        result.workers = [self.workers[i] for i in chosen]
+        return result
+
+
+def _take(block, local_rows):
+    return to_host(block[array_module(block).asarray(local_rows)]).astype(np.float32)
+
+
+def _length(block, made) -> int:
+    return len(made)
+
+
 def assign_points(points, centroids, chunk_rows: int = DEFAULT_CHUNK_ROWS, client=None) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid and squared distance of every point of a numpy, cupy or Dask array."""
     centroids = np.asarray(to_host(centroids), dtype=np.float32)
     if is_dask_array(points):
         import dask
 
-        parts = [dask.delayed(_assign_on_host)(block, centroids, chunk_rows)
+        shared = dask.delayed(centroids, pure=True)  # one key: the centroids travel once per worker, not per block
+        parts = [dask.delayed(_assign_on_host, pure=True)(block, shared, chunk_rows)
                  for block in points.rechunk({1: -1}).to_delayed().ravel()]
         results = compute_on(client, parts)
         return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])

@@ -2,15 +2,17 @@
 
 In:  a block of points (``n x d``, numpy or cupy, any float dtype) and centroids (``k x d``).
 Out: :func:`assign` the nearest centroid and squared L2 distance of every point;
-     :func:`block_statistics` one block's partial sums, counts, inertia and farthest points, the
-     only thing that leaves a worker in an iteration; :func:`combine_statistics` adds them up;
+     :func:`block_statistics` one block's partial sums and counts (only for the clusters the block
+     touches), inertia and farthest points, the only thing that leaves a worker in an iteration;
+     :func:`combine_statistics` adds them up over the union of the clusters;
      :func:`lloyd` the iteration itself (update and stopping rule), for every k-means here.
 
 Assignment is one matrix product per chunk of rows (never an ``n x k`` matrix for the whole
 block): with ``x' = [x, 1]`` and ``c' = [c, -|c|^2 / 2]`` the score ``x' . c'`` is largest for the
 nearest centroid, so the product already holds everything the argmax needs (the inner size is
 padded with zeros to a multiple of 8, and the product is written into one reused buffer). Partial sums are a
-sparse one-hot ``k x n`` matrix times the block: linear in ``n d``, unlike a dense one-hot product.
+sparse one-hot ``touched x n`` matrix times the block: linear in ``n d``, unlike a dense one-hot product,
+and never a dense ``k x d`` matrix per block (at ``k = 100,000`` and ``d = 512`` that would be 400 MB).
 """
 
 from __future__ import annotations
@@ -88,48 +90,81 @@ def assign(points, centroids, chunk_rows: int = DEFAULT_CHUNK_ROWS):
 
 
 def cluster_sums(points, labels, k: int):
-    """Per-cluster sums of ``points`` (``k x d`` float64) by a sparse one-hot product."""
+    """The clusters that ``labels`` touch (sorted ids), their sums of ``points`` (float64, one row
+    per id) and counts, by a sparse one-hot product: the cost and the result grow with the block,
+    not with ``k``."""
     xp = array_module(points)
     sparse = _sparse_module(xp)
     n = points.shape[0]
-    one_hot = sparse.csr_matrix((xp.ones(n, dtype=xp.float32), (labels, xp.arange(n))), shape=(k, n))
-    return xp.asarray(one_hot @ points.astype(xp.float32, copy=False), dtype=xp.float64)
+    ids, inverse = xp.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    one_hot = sparse.csr_matrix((xp.ones(n, dtype=xp.float32), (inverse, xp.arange(n))), shape=(len(ids), n))
+    sums = xp.asarray(one_hot @ points.astype(xp.float32, copy=False), dtype=xp.float64)
+    return ids.astype(xp.int64), sums, xp.bincount(inverse, minlength=len(ids)).astype(xp.int64)
 
 
 @dataclass
 class BlockStatistics:
-    """What one block contributes to an iteration (host numpy arrays)."""
+    """What one block (or several, combined) contributes to an iteration (host numpy arrays).
 
-    sums: np.ndarray  # k x d float64
-    counts: np.ndarray  # k int64
+    Sparse in the clusters: ``ids`` are the sorted clusters with at least one point, ``sums`` and
+    ``counts`` their rows; a cluster absent from ``ids`` is empty. A block of ``m`` rows sends at
+    most ``m`` rows of sums, however large ``k`` is.
+    """
+
+    k: int
+    ids: np.ndarray  # sorted int64 cluster ids
+    sums: np.ndarray  # len(ids) x d float64
+    counts: np.ndarray  # len(ids) int64
     inertia: float
     far_points: np.ndarray  # up to n_far points farthest from their centroid (float32)
     far_distances: np.ndarray
 
+    def dense_sums(self) -> np.ndarray:
+        dense = np.zeros((self.k, self.sums.shape[1]), dtype=np.float64)
+        dense[self.ids] = self.sums
+        return dense
+
+    def dense_counts(self) -> np.ndarray:
+        dense = np.zeros(self.k, dtype=np.int64)
+        dense[self.ids] = self.counts
+        return dense
+
+
+def statistics_of(points, labels, distances, k: int, far: int) -> BlockStatistics:
+    """The statistics of an assigned block, with its ``far`` points farthest from their centroid."""
+    xp = array_module(points)
+    ids, sums, counts = cluster_sums(points, labels, k)
+    far = min(far, len(distances))
+    farthest = xp.argsort(-distances)[:far] if far else xp.zeros(0, dtype=xp.int64)
+    return BlockStatistics(k=k, ids=to_host(ids), sums=to_host(sums), counts=to_host(counts),
+                           inertia=float(distances.astype(xp.float64).sum()),
+                           far_points=to_host(points[farthest]).astype(np.float32).reshape(far, points.shape[1]),
+                           far_distances=to_host(distances[farthest]).astype(np.float32))
+
 
 def block_statistics(points, centroids, n_far: int = 16, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> BlockStatistics:
     """Assign one block and sum it per cluster; the farthest points re-seed empty clusters."""
-    xp = array_module(points)
-    k = len(centroids)
     labels, distances = assign(points, centroids, chunk_rows)
-    n_far = min(n_far, len(distances))
-    far = xp.argsort(-distances)[:n_far] if n_far else xp.zeros(0, dtype=xp.int64)
-    return BlockStatistics(
-        sums=to_host(cluster_sums(points, labels, k)),
-        counts=to_host(xp.bincount(labels, minlength=k)).astype(np.int64),
-        inertia=float(distances.astype(xp.float64).sum()),
-        far_points=to_host(points[far]).astype(np.float32),
-        far_distances=to_host(distances[far]),
-    )
+    return statistics_of(points, labels, distances, len(centroids), n_far)
 
 
 def combine_statistics(*parts: BlockStatistics) -> BlockStatistics:
-    """The sum of several blocks' statistics (keeps the globally farthest points)."""
+    """The sum of several blocks' statistics over the union of their clusters (keeps the globally
+    farthest points); partial sums of one cluster are added in the order of ``parts``."""
     far_distances = np.concatenate([p.far_distances for p in parts])
     order = np.argsort(-far_distances, kind="stable")[: max(len(p.far_distances) for p in parts)]
+    ids = np.concatenate([p.ids for p in parts])
+    by_id = np.argsort(ids, kind="stable")
+    union, starts = np.unique(ids[by_id], return_index=True)
+    width = parts[0].sums.shape[1]
+    rows = np.concatenate([p.sums.reshape(-1, width) for p in parts])[by_id]
+    counts = np.concatenate([p.counts for p in parts])[by_id]
+    empty = len(union) == 0
     return BlockStatistics(
-        sums=np.sum([p.sums for p in parts], axis=0),
-        counts=np.sum([p.counts for p in parts], axis=0),
+        k=parts[0].k, ids=union.astype(np.int64),
+        sums=np.zeros((0, width)) if empty else np.add.reduceat(rows, starts, axis=0),
+        counts=np.zeros(0, dtype=np.int64) if empty else np.add.reduceat(counts, starts).astype(np.int64),
         inertia=float(sum(p.inertia for p in parts)),
         far_points=np.concatenate([p.far_points for p in parts])[order],
         far_distances=far_distances[order],
@@ -141,11 +176,13 @@ def updated_centroids(stats: BlockStatistics, previous: np.ndarray) -> tuple[np.
 
     Returns the new centroids (float32) and the number of empty clusters that were seen.
     """
-    counts = stats.counts
     centroids = previous.astype(np.float32, copy=True)
-    filled = counts > 0
-    centroids[filled] = (stats.sums[filled] / counts[filled, None]).astype(np.float32)
-    empty = np.flatnonzero(~filled)
+    filled = stats.counts > 0
+    ids = stats.ids[filled]
+    centroids[ids] = (stats.sums[filled] / stats.counts[filled, None]).astype(np.float32)
+    is_empty = np.ones(len(previous), dtype=bool)
+    is_empty[ids] = False
+    empty = np.flatnonzero(is_empty)
     reseed = min(len(empty), len(stats.far_points))
     centroids[empty[:reseed]] = stats.far_points[:reseed]
     return centroids, len(empty)

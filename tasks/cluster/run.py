@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from tasks.cluster.hierarchical import METRICS, HierarchicalKMeans, LevelSpec
+from tasks.cluster.hierarchical import AUTO_SPLIT_FROM, METRICS, HierarchicalKMeans, LevelSpec
 from tasks.cluster.kmeans import ENGINES
 from tasks.cluster.pool_input import pool_embeddings
 from tasks.cluster.tree import StoreCheckpoints, samples_per_cluster, size_summary
@@ -27,12 +27,15 @@ from tasks.common.hashing import code_version, hash_json
 from tasks.common.manifest import Manifest
 from tasks.common.plots import png_bytes, subplots
 
-CLUSTER_VERSION = 2  # bump when a change alters the tree a config produces
+CLUSTER_VERSION = 3  # bump when a change alters the tree a config produces (3: k-means||, automatic recursive split)
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Levels (k, resampling steps, points per cluster, resampling), metric, engine, iterations, seed."""
+    """Levels (k, resampling steps, points per cluster, resampling), metric, engine, iterations, seed,
+    and ``auto_split_from``: a level 1 with at least that many clusters and no ``split`` runs as a
+    recursive split level (32 coarse clusters, each split into 32, and so on up to ``k``; see
+    :class:`~tasks.cluster.hierarchical.LevelSpec`); 0 never splits unless a level asks to."""
 
     levels: tuple[LevelSpec, ...] = field(default_factory=lambda: (LevelSpec(1000), LevelSpec(100, 10),
                                                                    LevelSpec(10, 10)))
@@ -41,6 +44,7 @@ class ClusterConfig:
     max_iter: int = 50
     tol: float = 1e-4
     seed: int = 0
+    auto_split_from: int = AUTO_SPLIT_FROM
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "ClusterConfig":
@@ -55,6 +59,9 @@ class ClusterConfig:
             raise InputError(f"clustering metric={config.metric!r}: expected one of {', '.join(METRICS)}")
         if config.engine not in ENGINES:
             raise InputError(f"clustering engine={config.engine!r}: expected one of {', '.join(ENGINES)}")
+        if not isinstance(config.auto_split_from, int) or config.auto_split_from < 0:
+            raise InputError(f"clustering auto_split_from={config.auto_split_from!r}: expected 0 (never) or a "
+                             f"positive number of level-1 clusters")
         return config
 
     def to_dict(self) -> dict:
@@ -80,13 +87,14 @@ def cluster_pool(catalog: Catalog, snapshot: PoolSnapshot, config: ClusterConfig
         store.write_bytes(f"{folder}/inputs.parquet", pd.DataFrame({"uid": pool.uids}).to_parquet(index=False))
     model = HierarchicalKMeans(list(config.levels), metric=config.metric, engine=config.engine,
                                max_iter=config.max_iter, tol=config.tol, seed=config.seed, client=client,
-                               checkpoints=StoreCheckpoints(store, folder), on_step=on_step)
+                               checkpoints=StoreCheckpoints(store, folder), on_step=on_step,
+                               auto_split_from=config.auto_split_from)
     model.fit(pool.as_dask_array())
     per_cluster = samples_per_cluster(model.levels_)
     summary = {
         "pool": snapshot.pool.name, "folder": store.uri(folder), "samples": pool.rows, "dim": pool.dim,
         "config": config.to_dict(), "inputs": snapshot.hashes,
-        "levels": [{"level": number, "k": level.k, "inputs": int(len(level.labels)),
+        "levels": [{"level": number, "k": level.k, "inputs": int(len(level.labels)), "ran": model.plans_[number - 1],
                     "inputs_per_cluster": size_summary(level.sizes),
                     "samples_per_cluster": size_summary(counts)}
                    for number, (level, counts) in enumerate(zip(model.levels_, per_cluster), 1)],

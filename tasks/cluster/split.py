@@ -9,61 +9,63 @@ Out: :func:`split_clusters`: the sub-centroids (float32, those of coarse cluster
 
 All coarse clusters are split at once: the Lloyd iteration of plain k-means
 (:func:`~tasks.cluster.lloyd.lloyd`: same update, same ``max_iter`` and ``tol`` stopping rule)
-in which each point is compared only with the sub-centroids of its own coarse cluster (a batched
-matrix-vector product per chunk of rows); the partial sums are the same sparse one-hot product.
+in which each point is compared only with the sub-centroids of its own coarse cluster (the rows of
+a block are ordered by coarse cluster and each cluster's rows multiplied by its sub-centroids: one
+matrix product per coarse cluster present in the block); the partial sums are the same sparse
+one-hot product.
 A sub-cluster left empty keeps its centroid. The cost per iteration is ``n x split x d``,
 ``k_coarse / split`` times less than one level-1 k-means with ``k_coarse x split`` clusters.
 Seeds are ``split`` random members of every coarse cluster.
+
+On a Dask array the blocks stay on the workers that hold them: each block's slice of ``groups`` is
+placed there once, the sub-centroids travel once per worker and iteration, and the statistics
+(sparse in the sub-clusters, :class:`~tasks.cluster.lloyd.BlockStatistics`) are added up in a tree
+of reductions. The driver holds ``groups``, the labels and distances (per-sample numeric arrays)
+and the sub-centroids.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from tasks.cluster.lloyd import BlockStatistics, array_module, cluster_sums, combine_statistics, lloyd, to_host
+from tasks.cluster.lloyd import BlockStatistics, array_module, combine_statistics, lloyd, statistics_of, to_host
 
-CANDIDATE_BUDGET = 1 << 24  # floats in one chunk's (rows x split x d) candidate block
+CANDIDATE_BUDGET = 1 << 24  # floats in one chunk's (rows x split) score matrix
 
 
 def grouped_assign(points, groups, centroids, offsets: np.ndarray):
     """Each point's nearest sub-centroid among those of its group, and the squared distance."""
     xp = array_module(points)
-    n, d = points.shape
-    sizes = np.diff(offsets)
-    width = int(sizes.max())
-    rows_per_chunk = max(1, CANDIDATE_BUDGET // max(1, width * d))
+    n = points.shape[0]
     table = xp.asarray(centroids, dtype=xp.float32)
     squared = (table * table).sum(axis=1)
     groups = xp.asarray(groups)
-    starts, counts = xp.asarray(offsets[:-1]), xp.asarray(sizes)
+    order = xp.argsort(groups)
+    present, starts = np.unique(to_host(groups[order]), return_index=True)
+    ends = np.append(starts[1:], n)
     labels = xp.empty(n, dtype=xp.int64)
     distances = xp.empty(n, dtype=xp.float32)
-    slots = xp.arange(width)
-    for first in range(0, n, rows_per_chunk):
-        last = min(n, first + rows_per_chunk)
-        x = xp.asarray(points[first:last], dtype=xp.float32)
-        g = groups[first:last]
-        valid = slots[None, :] < counts[g][:, None]
-        ids = xp.where(valid, starts[g][:, None] + slots[None, :], 0)
-        scores = xp.einsum("md,msd->ms", x, table[ids]) - 0.5 * squared[ids]
-        scores = xp.where(valid, scores, -xp.inf)
-        best = scores.argmax(axis=1)
-        top = xp.take_along_axis(scores, best[:, None], axis=1)[:, 0]
-        labels[first:last] = xp.take_along_axis(ids, best[:, None], axis=1)[:, 0]
-        distances[first:last] = xp.maximum((x * x).sum(axis=1) - 2.0 * top, 0.0)
+    rows_per_chunk = max(1, CANDIDATE_BUDGET // max(1, int(np.diff(offsets).max())))
+    # one matrix product per coarse cluster present (k_c of them, not one per point): the points of a
+    # group are compared with that group's sub-centroids only, without copying them per point
+    for group, first, last in zip(present.tolist(), starts.tolist(), ends.tolist()):
+        low, high = int(offsets[group]), int(offsets[group + 1])
+        for begin in range(first, last, rows_per_chunk):
+            rows = order[begin:min(last, begin + rows_per_chunk)]
+            x = xp.asarray(points[rows], dtype=xp.float32)
+            scores = x @ table[low:high].T - 0.5 * squared[low:high]
+            best = scores.argmax(axis=1)
+            top = xp.take_along_axis(scores, best[:, None], axis=1)[:, 0]
+            labels[rows] = low + best
+            distances[rows] = xp.maximum((x * x).sum(axis=1) - 2.0 * top, 0.0)
     return labels, distances
 
 
 def _block_statistics(points, groups, centroids, offsets) -> BlockStatistics:
     """One block's sums, counts and inertia; no far points, so a sub-cluster left empty keeps its
     centroid (a far point of another coarse cluster must not re-seed it)."""
-    xp = array_module(points)
     labels, distances = grouped_assign(points, groups, centroids, offsets)
-    k, d = centroids.shape
-    return BlockStatistics(sums=to_host(cluster_sums(points, labels, k)),
-                           counts=to_host(xp.bincount(labels, minlength=k)).astype(np.int64),
-                           inertia=float(distances.astype(xp.float64).sum()),
-                           far_points=np.zeros((0, d), dtype=np.float32), far_distances=np.zeros(0, dtype=np.float32))
+    return statistics_of(points, labels, distances, len(centroids), 0)
 
 
 def _block_assign(points, groups, centroids, offsets):
@@ -91,29 +93,21 @@ def split_clusters(points, groups: np.ndarray, k_coarse: int, split: int, seed: 
     ``max_iter`` and ``tol`` mean what they mean for :class:`~tasks.cluster.kmeans.KMeans`: both run
     the same :func:`~tasks.cluster.lloyd.lloyd` iteration.
     """
-    from tasks.cluster.kmeans import compute_on, is_dask_array
+    from tasks.cluster.kmeans import Blocks, is_dask_array
 
     groups = np.asarray(groups, dtype=np.int64)
     seeds, offsets = split_seeds(groups, k_coarse, split, seed)
-    seed_rows = points[seeds]
-    if is_dask_array(seed_rows):
-        seed_rows = compute_on(client, [seed_rows])[0]
-    centroids = np.asarray(to_host(seed_rows), dtype=np.float32)
     if is_dask_array(points):
-        import dask
+        points = points.rechunk({1: -1})
+        points = client.persist(points) if client is not None else points.persist()
+    blocks = Blocks(points, client)
+    centroids = blocks.rows(np.sort(seeds))[np.argsort(np.argsort(seeds))]
+    bounds = np.append(blocks.starts, blocks.n)
+    block_groups = [(g,) for g in blocks.put([groups[bounds[i]:bounds[i + 1]] for i in range(len(blocks.starts))])]
 
-        blocks = list(points.rechunk({1: -1}).to_delayed().ravel())
-        bounds = np.concatenate([[0], np.cumsum(points.chunks[0])])
-        block_groups = [groups[bounds[i]:bounds[i + 1]] for i in range(len(blocks))]
+    def statistics(current):
+        return blocks.map_reduce(_block_statistics, combine_statistics, current, offsets, per_block=block_groups)
 
-        def run(function, shared):
-            return compute_on(client, [dask.delayed(function)(b, g, shared, offsets)
-                                     for b, g in zip(blocks, block_groups)])
-    else:
-        def run(function, shared):
-            return [function(points, groups, shared, offsets)]
-
-    centroids, _ = lloyd(lambda current: combine_statistics(*run(_block_statistics, current)), centroids,
-                         max_iter, tol)
-    parts = run(_block_assign, centroids)
+    centroids, _ = lloyd(statistics, centroids, max_iter, tol)
+    parts = blocks.gather(blocks.map(_block_assign, centroids, offsets, per_block=block_groups))
     return centroids, offsets, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

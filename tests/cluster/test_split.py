@@ -12,7 +12,7 @@ def _statistics_with_inertias(inertias, seen):
     def statistics(centroids):
         seen.append(centroids.copy())
         k, d = centroids.shape
-        return BlockStatistics(sums=np.ones((k, d)) * len(seen), counts=np.ones(k, dtype=np.int64),
+        return BlockStatistics(k=k, ids=np.arange(k), sums=np.ones((k, d)) * len(seen), counts=np.ones(k, dtype=np.int64),
                                inertia=inertias[len(seen) - 1], far_points=np.zeros((0, d), np.float32),
                                far_distances=np.zeros(0, np.float32))
     return statistics
