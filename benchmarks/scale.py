@@ -19,10 +19,10 @@ spill/pause/terminate fractions 0.6/0.7/0.8/0.95 of it) and a fresh store under 
    colour distance 8), SemDeDup (``--semdedup-threshold``, default 0.97), CLIP score top
    fraction 0.3; then the run is made the pool's latest and the snapshot resolved.
 3. ``cluster_tree``: :func:`tasks.cluster.run.cluster_pool`, 4 levels, metric cosine, engine
-   dask, ``--max-iter`` Lloyd iterations: level 1 has N / 100 clusters (``N / 100 / split``
-   coarse clusters, each split into ``--level1-split``; ``--level1-split 0``: one k-means with
-   k = N / 100), then k = min(1000, k1 / 10), min(100, k2 / 10), min(10, k3 / 10), each with 10
-   resampling steps.
+   dask, ``--max-iter`` Lloyd iterations: level 1 asks for k = N / 100 clusters, which the engine
+   runs as its automatic recursive split from k = 4096 (``--level1-split S`` instead asks for
+   ``N / 100 / S`` coarse clusters each split into S), then k = min(1000, k1 / 10),
+   min(100, k2 / 10), min(10, k3 / 10), each with 10 resampling steps.
 4. ``hkmeans_subset``: :func:`tasks.sample.run.make_subset`, recipe filters then hkmeans
    (half of the kept samples), reshard off.
 5. ``metaclip_subset``: the same with filters then MetaCLIP (metadata built from WordNet and the
@@ -513,8 +513,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--semdedup-threshold", type=float, default=0.97)
     parser.add_argument("--clip-top-fraction", type=float, default=0.3)
     parser.add_argument("--max-iter", type=int, default=20, help="Lloyd iterations per k-means of the tree")
-    parser.add_argument("--level1-split", type=int, default=100,
-                        help="level 1 = N/100/split coarse clusters, each split in this many; 0: one k-means of N/100")
+    parser.add_argument("--level1-split", type=int, default=0,
+                        help="level 1 = N/100/split coarse clusters, each split in this many; 0: k = N/100 as the "
+                             "engine runs it (its automatic recursive split from k = 4096)")
     parser.add_argument("--recall-sample", type=int, default=20_000)
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between memory samples")
     parser.add_argument("--work-dir", default=os.environ.get("BENCH_DIR"), help="where the stores go (default: temp)")
