@@ -15,7 +15,7 @@ tail) keep all their texts; head entries are cut to about t texts.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -128,23 +128,59 @@ def threshold_for_expected_size(matches: Matches, counts: np.ndarray, target: in
         raise InputError(f"target must lie in (0, {n_matched}] (the number of matched texts), got {target!r}")
     high = float(per_match.max())
     low = min(high, target / float(np.sum(1.0 / per_match)))
-
-    def size(t: float) -> float:
-        return expected_size(rows.probabilities(per_match, t))
-
-    for _ in range(BISECTION_STEPS):
-        middle = math.sqrt(low * high)
-        if size(middle) < target:
-            low = middle
-        else:
-            high = middle
-    return low if abs(size(low) - target) < abs(size(high) - target) else high
+    return bisect_threshold(lambda ts: [expected_size(rows.probabilities(per_match, t)) for t in ts], low, high, target)
 
 
-def draw(probabilities: np.ndarray, seed: int) -> np.ndarray:
-    """One offline draw: text i kept with probability ``probabilities[i]``."""
+def bisect_threshold(sizes: Callable[[Sequence[float]], Sequence[float]], low: float, high: float, target: float,
+                     steps: int = BISECTION_STEPS, depth: int = 1) -> float:
+    """The t in ``[low, high]`` whose expected size is nearest ``target``: ``steps`` halvings of log t.
+
+    ``sizes(ts)`` gives the expected size at every t of ``ts``. ``depth`` > 1 asks for the
+    ``2 ** depth - 1`` midpoints the next ``depth`` halvings may visit in one call (for a pool kept
+    per shard, one round of tasks instead of ``depth``); the halvings, and so the result, are the
+    same for every depth.
+    """
+    if depth < 1:
+        raise InputError(f"depth must be at least 1, got {depth}")
+    done = 0
+    while done < steps:
+        rounds = min(depth, steps - done)
+        paths, points, frontier = [], [], [((), low, high)]
+        for _ in range(rounds):
+            following = []
+            for path, below, above in frontier:
+                middle = math.sqrt(below * above)
+                paths.append(path)
+                points.append(middle)
+                following += [(path + (False,), middle, above), (path + (True,), below, middle)]
+            frontier = following
+        at = dict(zip(paths, sizes(points)))
+        path: tuple = ()
+        for _ in range(rounds):
+            middle = math.sqrt(low * high)
+            above = not at[path] < target
+            if above:
+                high = middle
+            else:
+                low = middle
+            path += (above,)
+        done += rounds
+    size_low, size_high = sizes([low, high])
+    return low if abs(size_low - target) < abs(size_high - target) else high
+
+
+def draw(probabilities: np.ndarray, seed: int, offset: int = 0) -> np.ndarray:
+    """One offline draw: text i kept with probability ``probabilities[i]``.
+
+    ``offset``: these are texts ``offset, offset + 1, ...`` of a longer sequence; the draw is then
+    the part of that sequence's draw for ``seed`` (the generator is advanced by ``offset``
+    numbers), so a pool drawn shard by shard gets exactly the draw of the whole pool at once.
+    """
     probabilities = np.asarray(probabilities)
-    return np.random.default_rng(seed).random(len(probabilities)) < probabilities
+    generator = np.random.PCG64(seed)  # what np.random.default_rng(seed) uses
+    if offset:
+        generator.advance(int(offset))  # one 64-bit number per uniform double
+    return np.random.Generator(generator).random(len(probabilities)) < probabilities
 
 
 def _splitmix64_int(x: int) -> int:
@@ -197,15 +233,26 @@ def balance_report(matches: Matches, counts_before: np.ndarray, keep_mask: np.nd
     counts_before = np.asarray(counts_before, dtype=np.int64)
     probabilities = keep_probabilities(matches, counts_before, t)
     counts_after = entry_counts(matches.take(keep_mask), len(counts_before))
+    return report_from_counts(t, matches.n_texts, int(np.count_nonzero(matches.counts_per_text())),
+                              expected_size(probabilities), int(keep_mask.sum()), counts_before, counts_after)
+
+
+def report_from_counts(t: float, n_texts: int, n_matched_texts: int, expected: float, realised: int,
+                       counts_before: np.ndarray, counts_after: np.ndarray) -> dict:
+    """:func:`balance_report` from its reductions: numbers of texts, expected and realised sizes,
+    and the entry counts before and after the draw (for a pool whose matches stay per shard)."""
+    t = _check_t(t)
+    counts_before = np.asarray(counts_before, dtype=np.int64)
+    counts_after = np.asarray(counts_after, dtype=np.int64)
     head = counts_before > t
     tail = (counts_before > 0) & ~head
     head_ratio = counts_after[head] / t
     return {
         "t": t,
-        "n_texts": matches.n_texts,
-        "n_matched_texts": int(np.count_nonzero(matches.counts_per_text())),
-        "expected_size": expected_size(probabilities),
-        "realised_size": int(keep_mask.sum()),
+        "n_texts": int(n_texts),
+        "n_matched_texts": int(n_matched_texts),
+        "expected_size": float(expected),
+        "realised_size": int(realised),
         "n_entries": len(counts_before),
         "n_matched_entries": int(np.count_nonzero(counts_before)),
         "n_head_entries": int(head.sum()),

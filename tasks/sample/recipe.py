@@ -4,8 +4,9 @@ In:  a list of step dicts, e.g. ``[{"step": "filters"}, {"step": "metaclip", "ta
      {"step": "hkmeans", "target": 4000}]``; while running, the pool's samples and the inputs a
      step needs (the cluster tree, the MetaCLIP matches).
 Out: :func:`parse_recipe` validates and fills defaults (an error names the step and the
-     setting); :class:`Selection` holds, row-aligned with the pool table, the candidate mask and
-     each sample's keep probability (MetaCLIP's online mode), and each step's own figures.
+     setting); :class:`Selection` holds, row-aligned with the pool table (global row numbers: shard
+     offset plus row), the candidate mask (one byte a sample) and, for MetaCLIP's online mode, each
+     sample's keep probability, and each step's own figures.
 
 Steps:
 
@@ -92,6 +93,10 @@ class Selection:
     @property
     def size(self) -> int:
         return int(self.candidates.sum())
+
+    def keep_only(self, mask: np.ndarray) -> None:
+        """Keep only the candidates under ``mask`` (a boolean mask over the pool's rows)."""
+        self.candidates = self.candidates & mask
 
     def narrow(self, rows: np.ndarray) -> None:
         """Keep only the candidate rows ``rows``."""

@@ -1,9 +1,10 @@
 """Prefect tasks of the sampling stage: thin wrappers over :mod:`tasks.sample.run`.
 
-``make_subset_task`` runs a recipe on a Dask cluster (MetaCLIP matching and resharding, one task
-per shard); it is cached by the snapshot's manifests (pool, embeddings, filters), the trees'
-manifests, the subset's config and the code version, and a retry redoes only the shards not yet
-written. ``subset_report_task`` publishes the indicators before and after every step as artifacts.
+``make_subset_task`` runs a recipe on a Dask cluster (the pool table, MetaCLIP's n-gram counts,
+matching and balancing, the tree step's distances, the subset's files and resharding: one task per
+shard, the driver holding numbers only); it is cached by the snapshot's manifests (pool,
+embeddings, filters), the trees' manifests, the subset's config and the code version, and a retry
+redoes only the shards not yet written. ``subset_report_task`` publishes the indicators before and after every step as artifacts.
 """
 
 from __future__ import annotations

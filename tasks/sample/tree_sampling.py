@@ -257,14 +257,25 @@ def top_level_distances(levels: Sequence[ClusterLevel], embeddings: np.ndarray, 
     if shape is None or len(shape) != 2 or shape[0] != len(top) or shape[1] != centroids.shape[1]:
         raise InputError(f"embeddings: expected {len(top)} rows (one per sample) of {centroids.shape[1]} values, "
                          f"got shape {shape}")
+    return centroid_distances(embeddings, centroids, top, metric, chunk_rows)
+
+
+def centroid_distances(embeddings, centroids: np.ndarray, labels: np.ndarray, metric: str,
+                       chunk_rows: int = DISTANCE_CHUNK_ROWS) -> np.ndarray:
+    """float32 squared L2 distance of every row of ``embeddings`` to ``centroids[labels[row]]`` (rows
+    L2-normalised first for ``metric="cosine"``), ``chunk_rows`` rows at a time. Row by row, so any
+    slice of the rows (a shard's) gets exactly its part of the whole computation."""
+    _check_choice(metric, "metric", METRICS)
     if chunk_rows < 1:
         raise InputError(f"chunk_rows={chunk_rows}: must be at least 1")
-    out = np.empty(len(top), dtype=np.float32)
-    for start in range(0, len(top), chunk_rows):
-        stop = min(start + chunk_rows, len(top))
+    centroids = np.asarray(centroids, dtype=np.float32)
+    labels = np.asarray(labels)
+    out = np.empty(len(labels), dtype=np.float32)
+    for start in range(0, len(labels), chunk_rows):
+        stop = min(start + chunk_rows, len(labels))
         rows = np.asarray(embeddings[start:stop], dtype=np.float32)
         if metric == "cosine":
             rows = normalise_rows(rows, f"embeddings[{start}:{stop}]")
-        difference = rows - centroids[top[start:stop]]
+        difference = rows - centroids[labels[start:stop]]
         out[start:stop] = np.einsum("ij,ij->i", difference, difference)
     return out
