@@ -34,7 +34,6 @@ seeding candidates; the level-1 points themselves stay on the workers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 

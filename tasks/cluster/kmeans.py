@@ -41,6 +41,7 @@ from tasks.cluster.init import candidate_bound, kmeans_parallel, kmeans_plus_plu
 from tasks.cluster.lloyd import (DEFAULT_CHUNK_ROWS, array_module, assign, block_statistics,
                                  combine_statistics, lloyd, to_host)
 from tasks.common.errors import InputError
+from tasks.common.shuffle import compute
 from tasks.common.gpu import gpu_available, gpu_setup_error, visible_gpus
 
 ENGINES = ("auto", "dask", "cuml")
@@ -195,16 +196,7 @@ class KMeans:
         return np.asarray(to_host(sample[seeds]), dtype=np.float32)
 
     def _compute(self, collections: list) -> list:
-        return compute_on(self.client, collections)
-
-
-def compute_on(client, collections: list) -> list:
-    """Compute Dask collections on ``client``'s cluster, or with Dask's default scheduler."""
-    import dask
-
-    if client is not None:
-        return client.gather(client.compute(collections))
-    return list(dask.compute(*collections))
+        return compute(self.client, collections)
 
 
 class Blocks:
@@ -334,7 +326,7 @@ def assign_points(points, centroids, chunk_rows: int = DEFAULT_CHUNK_ROWS, clien
         shared = dask.delayed(centroids, pure=True)  # one key: the centroids travel once per worker, not per block
         parts = [dask.delayed(_assign_on_host, pure=True)(block, shared, chunk_rows)
                  for block in points.rechunk({1: -1}).to_delayed().ravel()]
-        results = compute_on(client, parts)
+        results = compute(client, parts)
         return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
     return _assign_on_host(points, centroids, chunk_rows)
 

@@ -3,9 +3,11 @@
 In:  the store and a resolved :class:`~tasks.common.catalog.PoolSnapshot` whose embedding and
      filter runs exist (joined on shard ids: each shard's embeddings with its decisions).
 Out: :class:`PoolEmbeddings`: per shard the embeddings file, the decisions file, its row and kept
-     counts; the ``uid`` of every kept sample in order; and :meth:`PoolEmbeddings.as_dask_array`,
-     one block per shard holding only the kept rows. Only ``.npy`` headers and the ``uid``/``keep``
-     columns are read here; the embeddings themselves are read by the Dask workers.
+     counts; :meth:`PoolEmbeddings.as_dask_array`, one block per shard holding only the kept rows;
+     :meth:`PoolEmbeddings.write_uids`, the ``uid`` of every kept sample in order, written to the
+     store one shard at a time. Only ``.npy`` headers and the ``keep`` column are read here; the
+     embeddings themselves are read by the Dask workers. Nothing here grows with the pool but the
+     list of shards.
 """
 
 from __future__ import annotations
@@ -35,11 +37,33 @@ class PoolEmbeddings:
     shards: list[ShardInput]
     dim: int
     dtype: str
-    uids: np.ndarray
 
     @property
     def rows(self) -> int:
         return int(sum(s.kept for s in self.shards))
+
+    def write_uids(self, target: str) -> str:
+        """The kept samples' uids, in block order, as a parquet file at ``target`` (one row group per shard)."""
+        import os
+        import tempfile
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([("uid", pa.string())])
+        fd, local = tempfile.mkstemp(suffix=".parquet")
+        os.close(fd)
+        try:
+            with pq.ParquetWriter(local, schema) as writer:
+                for shard in self.shards:
+                    with self.store.open(shard.decisions) as handle:
+                        frame = pd.read_parquet(handle, columns=["uid", "keep"])
+                    uids = frame["uid"].to_numpy()[frame["keep"].to_numpy(dtype=bool)].astype(str)
+                    writer.write_table(pa.table({"uid": pa.array(uids, type=pa.string())}, schema=schema))
+            return self.store.put_file(local, target, move=True)
+        finally:
+            if os.path.exists(local):
+                os.remove(local)
 
     def as_dask_array(self):
         import dask
@@ -72,7 +96,7 @@ def load_kept_rows(store: Store, embeddings: str, decisions: str) -> np.ndarray:
 def pool_embeddings(store: Store, snapshot: PoolSnapshot) -> PoolEmbeddings:
     embedded, filtered = snapshot.require_filtered("clustering")
     decisions = filtered.decisions
-    shards, uids, dims = [], [], {}
+    shards, dims = [], {}
     dtype_name = "float16"
     for shard in embedded.shards:
         embeddings = store.relative(shard.image_embeddings)
@@ -81,12 +105,11 @@ def pool_embeddings(store: Store, snapshot: PoolSnapshot) -> PoolEmbeddings:
         decision_file = store.relative(decisions[shard.shard_id])
         shape, dtype = npy_header(store, embeddings)
         with store.open(decision_file) as handle:
-            frame = pd.read_parquet(handle, columns=["uid", "keep"])
+            frame = pd.read_parquet(handle, columns=["keep"])
         if len(frame) != shape[0]:
             raise StageFailed(f"{store.uri(embeddings)}: {shape[0]} rows but {len(frame)} filter decisions")
         dims.setdefault(shape[1], store.uri(embeddings))
         kept = frame["keep"].to_numpy(dtype=bool)
-        uids.append(frame["uid"].to_numpy()[kept])
         shards.append(ShardInput(shard.shard_id, embeddings, decision_file, int(shape[0]), int(kept.sum())))
         dtype_name = str(dtype)
     if len(dims) > 1:
@@ -94,5 +117,4 @@ def pool_embeddings(store: Store, snapshot: PoolSnapshot) -> PoolEmbeddings:
                          + ", ".join(f"{d} in {uri}" for d, uri in dims.items()))
     if not shards:
         raise InputError(f"pool {snapshot.pool.name!r}: no embedded shard to cluster")
-    return PoolEmbeddings(store=store, shards=shards, dim=next(iter(dims)), dtype=dtype_name,
-                          uids=np.concatenate(uids))
+    return PoolEmbeddings(store=store, shards=shards, dim=next(iter(dims)), dtype=dtype_name)

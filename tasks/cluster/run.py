@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from tasks.cluster.hierarchical import AUTO_SPLIT_FROM, METRICS, HierarchicalKMeans, LevelSpec
 from tasks.cluster.kmeans import ENGINES
@@ -84,7 +83,7 @@ def cluster_pool(catalog: Catalog, snapshot: PoolSnapshot, config: ClusterConfig
         return done
     pool = pool_embeddings(store, snapshot)
     if not store.exists(f"{folder}/inputs.parquet"):
-        store.write_bytes(f"{folder}/inputs.parquet", pd.DataFrame({"uid": pool.uids}).to_parquet(index=False))
+        pool.write_uids(f"{folder}/inputs.parquet")
     model = HierarchicalKMeans(list(config.levels), metric=config.metric, engine=config.engine,
                                max_iter=config.max_iter, tol=config.tol, seed=config.seed, client=client,
                                checkpoints=StoreCheckpoints(store, folder), on_step=on_step,

@@ -3,8 +3,9 @@
 In:  per-shard pieces of work as ``dask.delayed`` objects (each yields a pandas frame), a function
      that tells each row's output partition, and the number of partitions.
 Out: :func:`shuffle`: for every output partition the list of delayed pieces (one per input)
-     that belong to it, ready to be handed to one reduce task; :func:`compute` runs delayed
-     objects on a ``distributed.Client`` (or Dask's local scheduler without one).
+     that belong to it, ready to be handed to one reduce task; :func:`compute` runs Dask
+     collections on a ``distributed.Client`` (or Dask's default scheduler without one): the one
+     way every stage computes on its client.
 
 The shuffle is Dask's task graph: every input is split once (one task), every output partition
 is one task that receives only its pieces. No process holds more than one input and one output
@@ -67,11 +68,11 @@ def partitions_for(rows: int, rows_per_partition: int) -> int:
 
 
 def compute(client, delayed_objects: list) -> list:
-    """Compute delayed objects on ``client``'s workers, or with Dask's local scheduler without one."""
+    """Compute Dask collections on ``client``'s workers, or with Dask's default scheduler without one."""
     import dask
 
     if not delayed_objects:
         return []
     if client is not None:
         return client.gather(client.compute(delayed_objects))
-    return list(dask.compute(*delayed_objects, scheduler="threads"))
+    return list(dask.compute(*delayed_objects))

@@ -1,6 +1,7 @@
 """Hierarchical k-means with resampling: exact cases, tree consistency, checkpoints, store input."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 
@@ -123,7 +124,8 @@ def test_out_of_core_input_streamed_from_the_store(tmp_path):
     import_embeddings(catalog, "imported", shards)
     pool = pool_embeddings(store, catalog.snapshot("imported"))
     assert pool.rows == sum(int(s[2].sum()) for s in shards)
-    np.testing.assert_array_equal(pool.uids, np.concatenate([s[0][s[2]] for s in shards]))
+    written = pd.read_parquet(store.path(pool.write_uids("inputs.parquet").split("/")[-1]))["uid"]
+    np.testing.assert_array_equal(written.to_numpy(), np.concatenate([s[0][s[2]] for s in shards]))
     expected = np.concatenate([s[1][s[2]] for s in shards])
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
         array = pool.as_dask_array()
