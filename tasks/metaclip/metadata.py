@@ -150,11 +150,22 @@ def pool_ngrams(texts: Iterable[str], min_unigram_count: int = 100, min_bigram_c
     threshold (e**30 times chance needs ~1e13 tokens), so the ratio is used. The result is ordered
     by count descending, then alphabetically, unigrams and bigrams together.
     """
+    check_ngram_options(min_unigram_count, min_bigram_count, min_bigram_pmi)
+    unigrams, bigrams = count_ngrams(texts)
+    return select_ngrams(unigrams, bigrams, sum(unigrams.values()), sum(bigrams.values()), min_unigram_count,
+                         min_bigram_count, min_bigram_pmi)
+
+
+def check_ngram_options(min_unigram_count: int, min_bigram_count: int, min_bigram_pmi: float) -> None:
     for name, value in (("min_unigram_count", min_unigram_count), ("min_bigram_count", min_bigram_count)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
     if not math.isfinite(min_bigram_pmi):
         raise InputError(f"min_bigram_pmi must be finite, got {min_bigram_pmi}")
+
+
+def count_ngrams(texts: Iterable[str]) -> tuple[Counter, Counter]:
+    """Unigram and bigram occurrences of the texts, tokenised as :func:`pool_ngrams` says."""
     unigrams: Counter[str] = Counter()
     bigrams: Counter[tuple[str, str]] = Counter()
     dropped: dict[str, bool] = {}
@@ -173,7 +184,12 @@ def pool_ngrams(texts: Iterable[str], min_unigram_count: int = 100, min_bigram_c
             if previous is not None:
                 bigrams[previous, token] += 1
             previous = token
-    n_tokens, n_bigrams = sum(unigrams.values()), sum(bigrams.values())
+    return unigrams, bigrams
+
+
+def select_ngrams(unigrams: dict, bigrams: dict, n_tokens: int, n_bigrams: int, min_unigram_count: int,
+                  min_bigram_count: int, min_bigram_pmi: float) -> list[str]:
+    """:func:`pool_ngrams`' rule on counts (those of a whole corpus, however they were summed)."""
     kept = [(count, word) for word, count in unigrams.items() if count >= min_unigram_count]
     for (a, b), count in bigrams.items():
         if count >= min_bigram_count:

@@ -48,9 +48,9 @@ from tasks.common.catalog import Catalog
 from tasks.common.errors import InputError, StageFailed
 from tasks.common.store import Store
 from tasks.metaclip.balance import (_Rows, _check_t, _match_counts, bisect_threshold, draw as draw_texts)
-from tasks.metaclip.matching import SEPARATOR, EntryMatcher, Matches, normalise
-from tasks.metaclip.metadata import (DEFAULT_WORDNET_DIR, Metadata, _is_punctuation, load_metadata, validate_entries,
-                                     wordnet_entries)
+from tasks.metaclip.matching import EntryMatcher, Matches
+from tasks.metaclip.metadata import (DEFAULT_WORDNET_DIR, Metadata, check_ngram_options, count_ngrams, load_metadata,
+                                     select_ngrams, validate_entries, wordnet_entries)
 from tasks.sample.pool_samples import PoolShard, PoolTable, map_shards, read_shard
 
 BUILT_FROM_POOL = "wordnet+pool"
@@ -88,11 +88,7 @@ def pooled_ngrams(table: PoolTable, client=None, **options: Any) -> list[str]:
     options = {**NGRAM_OPTIONS, **options}
     min_unigram, min_bigram, min_pmi = (options["min_unigram_count"], options["min_bigram_count"],
                                         options["min_bigram_pmi"])
-    for name in ("min_unigram_count", "min_bigram_count"):
-        if options[name] < 1:
-            raise InputError(f"{name} must be at least 1, got {options[name]}")
-    if not math.isfinite(min_pmi):
-        raise InputError(f"min_bigram_pmi must be finite, got {min_pmi}")
+    check_ngram_options(min_unigram, min_bigram, min_pmi)
     jobs = [(shard,) for shard in table.shards]
     if client is None:
         accumulated: list = [None] * NGRAM_PARTITIONS
@@ -108,41 +104,11 @@ def pooled_ngrams(table: PoolTable, client=None, **options: Any) -> list[str]:
     for part_unigrams, part_bigrams in merged:
         unigrams.update(part_unigrams)
         bigrams.update(part_bigrams)
-    n_tokens, n_bigrams = totals
-    kept = [(count, word) for word, count in unigrams.items() if count >= min_unigram]
-    for (a, b), count in bigrams.items():
-        score = (count / n_bigrams) / ((unigrams[a] / n_tokens) * (unigrams[b] / n_tokens))
-        if score >= min_pmi:
-            kept.append((count, f"{a} {b}"))
-    kept.sort(key=lambda item: (-item[0], item[1]))
-    return [word for _, word in kept]
+    return select_ngrams(unigrams, bigrams, totals[0], totals[1], min_unigram, min_bigram, min_pmi)
 
 
 def _partition(ngram: str, partitions: int) -> int:
     return zlib.crc32(ngram.encode("utf-8", "surrogatepass")) % partitions  # the same in every process
-
-
-def count_ngrams(texts: list[str]) -> tuple[Counter, Counter]:
-    """Unigram and bigram occurrences, tokenised exactly as :func:`~tasks.metaclip.metadata.pool_ngrams`."""
-    unigrams: Counter[str] = Counter()
-    bigrams: Counter[tuple[str, str]] = Counter()
-    dropped: dict[str, bool] = {}
-    for text in texts:
-        if not isinstance(text, str):
-            continue
-        previous = None
-        for token in normalise(text).split():
-            drop = dropped.get(token)
-            if drop is None:
-                drop = dropped[token] = _is_punctuation(token) or SEPARATOR in token
-            if drop:
-                previous = None
-                continue
-            unigrams[token] += 1
-            if previous is not None:
-                bigrams[previous, token] += 1
-            previous = token
-    return unigrams, bigrams
 
 
 def _shard_ngrams(store: Store, partitions: int, shard: PoolShard) -> tuple[list[int], list[tuple[dict, dict]]]:
@@ -373,5 +339,5 @@ class PoolMatches:
         return after, expected
 
 
-__all__ = ["BUILT_FROM_POOL", "DEFAULT_WORDNET_DIR", "PoolMatches", "count_ngrams", "match_pool", "pool_metadata",
+__all__ = ["BUILT_FROM_POOL", "DEFAULT_WORDNET_DIR", "PoolMatches", "match_pool", "pool_metadata",
            "pooled_ngrams", "read_matches"]
