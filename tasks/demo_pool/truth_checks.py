@@ -24,7 +24,7 @@ from tasks.demo_pool.by_frequency import recall_by_frequency
 from tasks.demo_pool.cluster_truth import clusters_per_concept, spread_summary
 from tasks.demo_pool.curation_ab import ab_rows, concept_balance
 from tasks.demo_pool.filter_truth import filter_precision_recall
-from tasks.sample.pool_samples import pool_samples
+from tasks.sample.pool_samples import pool_table, whole_pool_frame
 
 PLANTED_FAILURES = (("http_404", "failed_to_download"), ("timeout", "failed_to_download"),
                     ("truncated", "failed_to_download"), ("not_an_image", "failed_to_resize"))
@@ -58,7 +58,7 @@ def concept_counts(snapshot_uids: np.ndarray, truth: pd.DataFrame, n_concepts: i
 def long_tail(store: Store, evaluation: dict, snapshot: PoolSnapshot, truth: pd.DataFrame) -> dict:
     """Zero-shot recall per concept against the concept's count among the downloaded samples."""
     concepts = concept_line(store, evaluation)
-    downloaded = pool_samples(store, snapshot).uids
+    downloaded = whole_pool_frame(pool_table(store, snapshot), ("uid",))["uid"].to_numpy()
     counts = concept_counts(downloaded, truth, len(concepts["metrics"]["per_class_recall"]))
     return recall_by_frequency(concepts["metrics"]["per_class_recall"], counts)
 
@@ -86,9 +86,9 @@ def subset_uids(store: Store, subset: dict) -> np.ndarray:
 def subsets_against_truth(store: Store, snapshot: PoolSnapshot, subsets: dict[str, dict],
                           truth: pd.DataFrame) -> tuple[list[dict], bytes]:
     """Indicators over the true concepts for the pool, what the filters kept and every subset; a plot."""
-    samples = pool_samples(store, snapshot)
-    kept = samples.uids[samples.frame["kept"].to_numpy(dtype=bool)]
-    return concept_balance({name: subset_uids(store, m) for name, m in subsets.items()}, truth, samples.uids, kept)
+    table = pool_table(store, snapshot)
+    uids = whole_pool_frame(table, ("uid",))["uid"].to_numpy()
+    return concept_balance({name: subset_uids(store, m) for name, m in subsets.items()}, truth, uids, uids[table.kept])
 
 
 def curation_ab(store: Store, evaluations: dict[str, dict], balance: list[dict], snapshot: PoolSnapshot,
@@ -96,7 +96,8 @@ def curation_ab(store: Store, evaluations: dict[str, dict], balance: list[dict],
     """The A/B table: each trained arm's accuracies and indicators, and the arm with the best acc@1."""
     per_arm = {name: {"summary": evaluation["stats"], "concepts": concept_line(store, evaluation)}
                for name, evaluation in evaluations.items()}
-    counts = concept_counts(pool_samples(store, snapshot).uids, truth, int(truth["concept_id"].max()) + 1)
+    uids = whole_pool_frame(pool_table(store, snapshot), ("uid",))["uid"].to_numpy()
+    counts = concept_counts(uids, truth, int(truth["concept_id"].max()) + 1)
     rows, winner = ab_rows(per_arm, balance, counts)
     return {"arms": rows, "winner_by_acc1": winner}
 

@@ -16,8 +16,8 @@ Building the table is one task per shard (its ``kept`` column and a 64-bit finge
 uid); the uids' uniqueness over the pool is checked on the fingerprints (8 bytes a sample, freed
 at once), and a fingerprint shared by two rows is settled by reading those rows' uids.
 
-:func:`pool_samples` (the whole pool in one pandas frame, captions included) is kept for the demo's
-checks against its planted truth on small pools only; no pool-wide stage uses it.
+:func:`whole_pool_frame` (columns of every sample in one pandas frame) is for the demo's checks
+against its planted truth and for tests, on small pools only; no stage uses it.
 """
 
 from __future__ import annotations
@@ -204,37 +204,9 @@ def _check_unique(table: PoolTable, prints: np.ndarray, client) -> None:
         raise InputError(f"pool {table.pool!r}: uid {uids[uids.duplicated()].iloc[0]} appears twice")
 
 
-# ----- the whole pool in one frame: small pools only (the demo's checks) ------------------------
-@dataclass
-class PoolSamples:
-    pool: str
-    frame: pd.DataFrame
-    shards: list[PoolShard]
-    snapshot: PoolSnapshot
+def whole_pool_frame(table: PoolTable, columns: Sequence[str] = ("uid", "key", "text", "kept")) -> pd.DataFrame:
+    """Every row of the pool in one frame, in pool-row order: small pools only (the demo's checks, tests).
 
-    @property
-    def filtered(self) -> bool:
-        return self.snapshot.filters is not None
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    @property
-    def uids(self) -> np.ndarray:
-        return self.frame["uid"].to_numpy()
-
-
-def pool_samples(store: Store, snapshot: PoolSnapshot) -> PoolSamples:
-    """The whole pool in one frame (``uid``, ``key``, ``text``, ``kept``, ``shard``): small pools only.
-
-    It holds every caption and uid in this process; the sampling stage uses :func:`pool_table`.
+    It holds the given columns of every sample in this process; stages work shard by shard.
     """
-    pool_name = snapshot.pool.name
-    shards = pool_shards(snapshot)
-    frames = [read_shard(store, shard, COLUMNS).assign(shard=np.int32(shard.number)) for shard in shards]
-    if not frames or not sum(len(frame) for frame in frames):
-        raise InputError(f"pool {pool_name!r}: no shard holds a downloaded sample")
-    table = pd.concat(frames, ignore_index=True)
-    if table["uid"].duplicated().any():
-        raise InputError(f"pool {pool_name!r}: uid {table['uid'][table['uid'].duplicated()].iloc[0]} appears twice")
-    return PoolSamples(pool=pool_name, frame=table, shards=shards, snapshot=snapshot)
+    return pd.concat([read_shard(table.store, shard, columns) for shard in table.shards], ignore_index=True)

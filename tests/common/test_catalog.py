@@ -142,7 +142,7 @@ def test_one_rule_for_shards_without_samples(tmp_path):
     """Embedding, sampling and training all skip the shards with no downloaded sample, and a shard
     record without its sample count is an error, not a default."""
     from tasks.filters.plan import plan_embed_filter
-    from tasks.sample.pool_samples import pool_samples
+    from tasks.sample.pool_samples import pool_table
     from tasks.train.run import training_data
 
     store = Store(str(tmp_path))
@@ -161,4 +161,4 @@ def test_one_rule_for_shards_without_samples(tmp_path):
     with pytest.raises(InputError, match="without n_success"):
         training_data(broken)
     with pytest.raises(InputError, match="lacks"):
-        pool_samples(store, PoolSnapshot.from_dict({"pool": broken}))
+        pool_table(store, PoolSnapshot.from_dict({"pool": broken}))

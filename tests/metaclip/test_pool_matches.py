@@ -11,7 +11,7 @@ from tasks.metaclip.balance import (bisect_threshold, draw, entry_counts, expect
 from tasks.metaclip.matching import Matches
 from tasks.metaclip.metadata import Metadata, pool_ngrams
 from tasks.metaclip.run import match_pool, pooled_ngrams, read_matches
-from tasks.sample.pool_samples import pool_samples, pool_table
+from tasks.sample.pool_samples import pool_table, whole_pool_frame
 from tests.sample.test_subset import write_pool
 
 ENTRIES = ("photo", "red circle", "circle", "blue", "square", "green star", "star", "stock image", "bar chart",
@@ -111,8 +111,8 @@ def test_pooled_ngrams_equal_pool_ngrams_of_every_caption(tmp_path):
     store = Store(str(tmp_path / "store"))
     write_pool(store, n_shards=3, rows=40, seed=2)
     snapshot = Catalog(store).snapshot("test")
-    texts = pool_samples(store, snapshot).frame["text"].tolist()
     table = pool_table(store, snapshot)
+    texts = whole_pool_frame(table, ("text",))["text"].tolist()
     for options in ({"min_unigram_count": 5}, {"min_unigram_count": 2, "min_bigram_count": 2, "min_bigram_pmi": 1.0},
                     {"min_unigram_count": 1000}):
         assert pooled_ngrams(table, **options) == pool_ngrams(texts, **options)

@@ -10,7 +10,7 @@ from tasks.common.catalog import Catalog
 from tasks.common.errors import InputError
 from tasks.common.manifest import Manifest
 from tasks.common.store import Store
-from tasks.sample.pool_samples import pool_samples, pool_table
+from tasks.sample.pool_samples import pool_table, whole_pool_frame
 from tasks.sample.run import SubsetConfig, make_subset
 from tasks.sample.tree_sampling import balanced_sample, top_level_distances
 from tests.sample.test_subset import write_pool
@@ -88,7 +88,7 @@ def filtered(tmp_path):
 def test_pool_table_holds_numbers_per_shard(filtered):
     store, snapshot, uids, _, _ = filtered
     table = pool_table(store, snapshot)
-    frame = pool_samples(store, snapshot).frame
+    frame = whole_pool_frame(table)
     assert table.sizes.tolist() == [49] * 4 and len(table) == len(frame)
     assert table.kept.dtype == bool and np.array_equal(table.kept, frame["kept"].to_numpy())
     assert np.array_equal(frame["uid"].to_numpy()[table.kept], uids)  # tree inputs: kept rows in shard order
