@@ -44,7 +44,9 @@ def pipeline(pool_index: str, store: str, tasklist: str, embedder: dict, subsets
         clustering: hierarchical k-means settings (tasks/cluster/run.py ClusterConfig).
         scale: training scale: tiny, small, medium, large or xlarge.
         train_overrides: training hyperparameters to change (the same for every subset).
-        dask_address: Dask scheduler for embedding, filtering, clustering and matching.
+        dask_address: Dask scheduler for downloading (each slice's task on a worker; ``download=
+            {"download_on_dask": false}`` keeps slices in the flow's process), embedding, filtering,
+            clustering and matching.
         storage_options: fsspec options for an s3:// store.
     """
     if not subsets:
