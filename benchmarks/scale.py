@@ -413,6 +413,8 @@ def run_size(n: int, args, truth_folder: Path) -> dict:
                     entry["kept"] = filters["rows"]["kept"]
                     entry["removed_by"] = filters["stats"].get("removed_by")
                     entry["skipped_filters"] = filters["stats"].get("skipped")
+                    entry["seconds_per_filter"] = filters["stats"].get("seconds")
+                    print(f"  poolwide_filters seconds per filter: {entry['seconds_per_filter']}", flush=True)
             snapshot = None
             if filters is not None:
                 catalog.set_latest_runs(POOL, embeddings, filters)

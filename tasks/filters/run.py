@@ -26,6 +26,7 @@ Each shard's decisions are written by a worker task, which returns its counts fo
 
 from __future__ import annotations
 
+import time
 
 import numpy as np
 import pandas as pd
@@ -208,12 +209,22 @@ def poolwide_filters(catalog: Catalog, embeddings: EmbeddingRun, rows_files: dic
     done = catalog.finished(folder)
     if done is not None:
         return done
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 2)
+        clock = time.perf_counter()
+
     shard_ids = list(rows_files)
     files = [rows_files[s] for s in shard_ids]
     rows = sum(shard.rows for shard in embeddings.shards if shard.shard_id in rows_files)
     skipped = {}
     exact = exact_dedup(store, files, rows, client) if config.exact_dedup else None
+    lap("exact_dedup")
     perceptual = perceptual_dedup(store, files, rows, config, client) if config.phash_dedup else None
+    lap("phash_dedup")
     semantic = None
     if config.semdedup_threshold is not None:
         matrices = {shard.shard_id: store.relative(shard.image_embeddings) for shard in embeddings.shards}
@@ -225,6 +236,7 @@ def poolwide_filters(catalog: Catalog, embeddings: EmbeddingRun, rows_files: dic
                                        config.semdedup_threshold, cluster_size, client=client)
     else:
         skipped["semdedup"] = "no semdedup_threshold set"
+    lap("semdedup")
     cutoff = None
     if config.clip_score_threshold is not None or config.clip_score_top_fraction is not None:
         scores = [dask.delayed(clip_scores, pure=True)(store, f) for f in files]
@@ -232,6 +244,7 @@ def poolwide_filters(catalog: Catalog, embeddings: EmbeddingRun, rows_files: dic
         cutoff = clip_score_cutoff(scores, config.clip_score_threshold, config.clip_score_top_fraction, client)
     else:
         skipped["clip_score"] = "no clip_score_threshold or clip_score_top_fraction set"
+    lap("clip_score_cutoff")
     semantic_frame = None if semantic is None else pd.DataFrame({"id": semantic})
     per_shard = zip(_per_shard(exact, len(files)), _per_shard(perceptual, len(files)),
                     _per_shard(semantic_frame, len(files)))
@@ -243,6 +256,7 @@ def poolwide_filters(catalog: Catalog, embeddings: EmbeddingRun, rows_files: dic
         counts = [dask.delayed(combine_counts, pure=True)(*counts[i:i + REDUCE_FANIN])
                   for i in range(0, len(counts), REDUCE_FANIN)]
     total = compute(client, counts)[0]
+    lap("decisions")
     if "nsfw_image" not in total["names"]:
         skipped["nsfw_image"] = "no nsfw_image_head configured: image NSFW was NOT checked"
     if "eval_dedup" not in total["names"]:
@@ -257,5 +271,5 @@ def poolwide_filters(catalog: Catalog, embeddings: EmbeddingRun, rows_files: dic
                  "report": store.write_json(report_json, report),
                  "plot": store.write_bytes(report_png, report_plot(report))},
         rows={"samples": report["samples"], "kept": report["kept"]},
-        stats={"removed_by": report["removed_by"], "skipped": report["skipped"]})
+        stats={"removed_by": report["removed_by"], "skipped": report["skipped"], "seconds": seconds})
     return catalog.publish(folder, manifest)
