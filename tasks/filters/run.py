@@ -19,8 +19,10 @@ local scheduler), partitioned by key: exact dedup by a shuffle on sha256, percep
 shuffle on pHash bands (:mod:`tasks.filters.dedup`), SemDeDup per k-means cluster
 (:mod:`tasks.filters.semdedup`), the CLIP score cutoff by an exact distributed quantile
 (:mod:`tasks.filters.clip_score`). Each shard's rows are read by worker tasks, column by column
-as each filter needs them. What reaches this process: per-shard counts, and the duplicates found
-(their ids and the uid that stays), whose number is that of the duplicates, not of the pool.
+as each filter needs them. What reaches this process: per-shard counts; the duplicates found
+(their ids and the uid that stays) and pHash's candidate pairs with their endpoints' thumbnails
+(their number is that of the near duplicates, but a group of m identical hashes makes
+m (m - 1) / 2 pairs); and for SemDeDup about 28 bytes per embedded sample (see there).
 Each shard's decisions are written by a worker task, which returns its counts for the report.
 """
 
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.common.catalog import Catalog, EmbeddedShard, EmbeddingRun
+from tasks.common.errors import InputError
 from tasks.common.hashing import code_version
 from tasks.common.manifest import Manifest
 from tasks.common.shuffle import compute, global_ids, partitions_for, shuffle, split_ids
@@ -218,6 +221,8 @@ def poolwide_filters(catalog: Catalog, embeddings: EmbeddingRun, rows_files: dic
         clock = time.perf_counter()
 
     shard_ids = list(rows_files)
+    if not shard_ids:
+        raise InputError(f"filters: the embedding run of pool {embeddings.manifest['name']!r} has no shard to filter")
     files = [rows_files[s] for s in shard_ids]
     rows = sum(shard.rows for shard in embeddings.shards if shard.shard_id in rows_files)
     skipped = {}
@@ -242,6 +247,8 @@ def poolwide_filters(catalog: Catalog, embeddings: EmbeddingRun, rows_files: dic
         scores = [dask.delayed(clip_scores, pure=True)(store, f) for f in files]
         scores = client.persist(scores) if client is not None else compute(None, scores)
         cutoff = clip_score_cutoff(scores, config.clip_score_threshold, config.clip_score_top_fraction, client)
+        if cutoff is None:
+            skipped["clip_score"] = "no finite CLIP score in the pool: no top fraction to take"
     else:
         skipped["clip_score"] = "no clip_score_threshold or clip_score_top_fraction set"
     lap("clip_score_cutoff")
