@@ -10,8 +10,10 @@ Out: :func:`clip_score_cutoff` the score a sample needs; :func:`clip_score_decis
 The top fraction's cutoff is the exact ``1 - fraction`` quantile of the finite scores (linear
 interpolation between the two order statistics around ``(n - 1)(1 - fraction)``), found without
 gathering the scores: each order statistic is selected by radix, 16 bits of an order-preserving
-64-bit key at a time, from per-shard histograms summed in a tree (four passes over the shards,
-65,536 counts each). One code path, whether the shards are on one machine or on many.
+64-bit key at a time, from per-shard histograms summed in a tree (four passes over the shards
+per order statistic, 65,536 counts each; with the count, at most nine passes). The interpolation
+is numpy's (its ``linear`` method), so the cutoff is ``np.quantile``'s. One code path, whether
+the shards are on one machine or on many.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def _summed(parts: Sequence, function, args: tuple, client):
 
     from tasks.common.shuffle import compute
 
+    if not parts:
+        return 0
     if client is None and all(isinstance(p, np.ndarray) for p in parts):
         return sum(function(p, *args) for p in parts)
     values = [dask.delayed(function, pure=True)(part, *args) for part in parts]
@@ -90,7 +94,10 @@ def quantile(parts: Sequence, q: float, client=None) -> float | None:
     below = min(n - 1, math.floor(position))
     low = order_statistic(parts, below, client)
     high = order_statistic(parts, below + 1, client) if below + 1 < n else low
-    return float(low + (high - low) * (position - below))
+    fraction = position - below
+    difference = high - low
+    # numpy's lerp: from the nearer end, so the result is bit-identical to np.quantile's
+    return float(high - difference * (1 - fraction) if fraction >= 0.5 else low + difference * fraction)
 
 
 def clip_score_cutoff(scores: Sequence, threshold: float | None, top_fraction: float | None,

@@ -18,6 +18,12 @@ Two stages, each on the workers, so that no process holds the pool's embeddings:
    about ``cluster_size`` members (the project's KMeans, in memory), and only pairs inside a
    fine cluster are compared (:func:`later_duplicates`).
 
+What this process holds per eligible sample: its row and global id (16 bytes, the caller's) and
+the coarse k-means' labels and distances (12 bytes) until the partitions are packed; the
+embeddings stay on the workers. A coarse cluster of near-identical members (one placeholder image
+a million times) may not split by k-means: after ``REFINE_ROUNDS`` it stays one partition,
+compared in windows (bounded memory, time quadratic in its size).
+
 Inside a cluster the members are ranked, and a member is a duplicate when its cosine with any
 better-ranked member exceeds the threshold, so exactly one member of every group of duplicates
 stays. The ranking keeps the member farthest from the centroid first (SemDeDup's choice: the
@@ -34,6 +40,7 @@ import numpy as np
 
 from tasks.cluster.hierarchical import normalise_rows
 from tasks.cluster.kmeans import KMeans, assign_points
+from tasks.cluster.pool_input import npy_header
 from tasks.common.shuffle import compute
 from tasks.common.store import Store
 
@@ -78,10 +85,15 @@ def load_rows(store: Store, embeddings: str, rows: np.ndarray) -> np.ndarray:
     return normalise_rows(store.read_npy(embeddings)[rows], f"semdedup embeddings {embeddings}").astype(np.float16)
 
 
-def _split_shard(store: Store, embeddings: str, rows: np.ndarray, ids: np.ndarray, partition_of_row: np.ndarray,
-                 coarse: np.ndarray, n_partitions: int) -> tuple:
-    """One shard's eligible rows, grouped by partition: (ids, coarse labels, float16 vectors) each."""
-    vectors = store.read_npy(embeddings)[rows].astype(np.float16)
+def _split_shard(store: Store, embeddings: str, rows: np.ndarray, ids: np.ndarray, centroids: np.ndarray,
+                 partition_of_cluster: np.ndarray, n_partitions: int) -> tuple:
+    """One shard's eligible rows, each assigned to its coarse cluster here, grouped by partition:
+    (ids, coarse labels, float16 vectors) each."""
+    from tasks.cluster.lloyd import assign, to_host
+
+    vectors = load_rows(store, embeddings, rows)  # exactly the rows the coarse k-means was fitted on
+    coarse = to_host(assign(vectors, centroids)[0])
+    partition_of_row = partition_of_cluster[coarse]
     order = np.argsort(partition_of_row, kind="stable")
     bounds = np.searchsorted(partition_of_row[order], np.arange(n_partitions + 1))
     return tuple((ids[order[a:b]], coarse[order[a:b]], vectors[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:]))
@@ -144,14 +156,15 @@ def semantic_duplicates(store: Store, shards: list[tuple[str, np.ndarray, np.nda
     total = sum(len(rows) for _, rows, _ in shards)
     if total < 2:
         return np.zeros(0, dtype=np.int64)
-    dim = int(store.read_npy(shards[0][0]).shape[1])
+    dim = int(npy_header(store, shards[0][0])[0][1])
     blocks = [da.from_delayed(dask.delayed(load_rows, pure=True)(store, path, rows), shape=(len(rows), dim),
                               dtype=np.float16) for path, rows, _ in shards]
     points = da.concatenate(blocks, axis=0)
     points = client.persist(points) if client is not None else points.persist()
     k = coarse_cluster_count(total, cluster_size)
-    centroids = KMeans(k, engine=engine, seed=seed, max_iter=20, client=client).fit(points).cluster_centers_
-    labels, _ = assign_points(points, centroids, client=client)
+    model = KMeans(k, engine=engine, seed=seed, max_iter=20, client=client).fit(points)
+    centroids, labels = model.cluster_centers_, model.labels_
+    del model
     rng = np.random.default_rng(seed)
     for _ in range(REFINE_ROUNDS):
         sizes = np.bincount(labels, minlength=len(centroids))
@@ -163,11 +176,10 @@ def semantic_duplicates(store: Store, shards: list[tuple[str, np.ndarray, np.nda
     sizes = np.bincount(labels, minlength=len(centroids))
     partition_of_cluster = partitions_of_clusters(sizes, max_partition_rows)
     n_partitions = int(partition_of_cluster.max()) + 1
-    bounds = np.concatenate([[0], np.cumsum([len(rows) for _, rows, _ in shards])])
-    inputs = [(path, rows, ids, partition_of_cluster[labels[a:b]], labels[a:b])
-              for (path, rows, ids), a, b in zip(shards, bounds[:-1], bounds[1:])]
-    split = [dask.delayed(_split_shard, nout=n_partitions, pure=True)(store, path, rows, ids, part, coarse, n_partitions)
-             for path, rows, ids, part, coarse in inputs]
+    del labels
+    shared = dask.delayed(centroids, pure=True), dask.delayed(partition_of_cluster, pure=True)
+    split = [dask.delayed(_split_shard, nout=n_partitions, pure=True)(store, path, rows, ids, *shared, n_partitions)
+             for path, rows, ids in shards]
     reduced = [dask.delayed(_partition_duplicates, pure=True)(*[pieces[p] for pieces in split],
                                                                 cluster_size=cluster_size, threshold=threshold,
                                                                 seed=seed, engine=engine)

@@ -200,3 +200,19 @@ def test_a_coarse_cluster_larger_than_a_partition_is_split(pool, monkeypatch):
     source, copies = truth["semantic"]
     as_ids = lambda rows: ((rows // ROWS).astype(np.int64) << 32) | (rows % ROWS)  # noqa: E731
     assert (np.isin(as_ids(source), found) | np.isin(as_ids(copies), found)).mean() >= 0.8
+
+
+def test_no_finite_clip_score_is_reported_as_skipped_and_an_empty_run_is_refused(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    run, rows_files, _ = write_pool(store, n_shards=2, rows=100)
+    for rows_file in rows_files.values():
+        with store.open(rows_file) as handle:
+            frame = pd.read_parquet(handle)
+        store.write_bytes(rows_file, frame.assign(clip_score=np.nan).to_parquet(index=False))
+    config = FilterConfig(clip_score_top_fraction=0.5, phash_max_distance=3)
+    manifest = run_filters(store, run, rows_files, "filters/test/nan", config=config)
+    assert "no finite CLIP score" in manifest["stats"]["skipped"]["clip_score"]
+    from tasks.common.errors import InputError
+
+    with pytest.raises(InputError, match="no shard to filter"):
+        run_filters(store, run, {}, "filters/test/empty", config=config)
