@@ -143,9 +143,10 @@ def perceptual_dedup(store: Store, rows_files: list[str], rows: int, config: Fil
     endpoints = np.unique(np.concatenate([a, b]))
     shard_of, row_of = split_ids(endpoints)
     with_thumbs = config.phash_max_color_distance is not None
-    by_shard = np.unique(shard_of)
-    details = compute(client, [dask.delayed(endpoint_details, pure=True)(store, rows_files[s], row_of[shard_of == s],
-                                                                          with_thumbs) for s in by_shard])
+    by_shard = positions_by_shard(endpoints)  # endpoints are sorted, so each shard's rows ascend
+    details = compute(client, [dask.delayed(endpoint_details, pure=True)(store, rows_files[s], row_of[positions],
+                                                                          with_thumbs)
+                               for s, positions in sorted(by_shard.items())])
     uids = np.concatenate([d[0] for d in details]) if details else np.zeros(0, dtype=str)
     if with_thumbs and len(a):
         thumbs = np.concatenate([d[1] for d in details])  # endpoints in id order: shards ascending, rows ascending
