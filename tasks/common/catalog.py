@@ -10,6 +10,7 @@ and ``<hash>`` are 16 hex characters of a content hash)::
     pools/<pool>/download_report.json             samples by status and failure reason
     pools/<pool>/inputs/<slice>-<hash>.parquet    the rows of one slice of the pool index
     pools/<pool>/slices/<slice>-<key>/            img2dataset's <n>.tar, <n>.parquet, <n>_stats.json; manifest.json
+    pools/<pool>/imported/<shard_id>.parquet      an imported shard's table (img2dataset's columns and the source's scores)
     pools/<pool>/filters.json                     which embedding and filter runs are the pool's latest
     embeddings/<pool>/<embedder>/                 <shard_id>.img.npy, .txt.npy, .cap.npy, .parquet; eval-<hash>.img.npy; manifest.json, manifests/<hash>.json
     filters/<pool>/<run>/                         rows/<shard_id>.parquet, decisions/<shard_id>.parquet, report.json, report.png, manifest.json
@@ -20,6 +21,7 @@ and ``<hash>`` are 16 hex characters of a content hash)::
     train/<run>-<key>/                            checkpoints/epoch_<n>.pt, out.log, manifest.json
     eval/<run>-<key>/                             results.jsonl, summary.json, manifest.json
     reports/<pool>/<report>/                      the demo's checks against the truth, manifest.json
+    exports/<pool>/<key>/                         DataComp's layout: metadata/<nnnnnnnn>.parquet, .npz; shards/<nnnnnnnn>.tar, _stats.json, sizes.json; manifest.json
     _prefect/results/                             Prefect's persisted task results and cache records
     _staging/                                     work in progress (local stores only)
 
@@ -155,6 +157,11 @@ class EmbeddingRun:
     def shards(self) -> list[EmbeddedShard]:
         return [EmbeddedShard.from_dict(s) for s in self.manifest["outputs"]["shards"]]
 
+    @property
+    def has_image_bytes(self) -> bool:
+        """False for an imported pool's embeddings: no image was read, so filters that need pixels cannot run."""
+        return self.manifest["stage"] != "import"
+
 
 @dataclass(frozen=True)
 class FilterRun:
@@ -263,6 +270,11 @@ class Catalog:
         return f"{Catalog.pool_folder(pool)}/slices/{index:05d}-{key[:16]}"
 
     @staticmethod
+    def imported_shard_table(pool: str, shard: str) -> str:
+        """The table of one imported shard (the pool's record of it; an imported pool has no tars)."""
+        return f"{Catalog.pool_folder(pool)}/imported/{shard}.parquet"
+
+    @staticmethod
     def latest_runs_pointer(pool: str) -> str:
         return f"{Catalog.pool_folder(pool)}/filters.json"
 
@@ -340,6 +352,12 @@ class Catalog:
     @staticmethod
     def report_folder(pool: str, report: str) -> str:
         return f"reports/{check_name(pool, 'pool_name')}/{slug(report)}"
+
+    # exports
+    @staticmethod
+    def export_folder(pool: str, key: str) -> str:
+        """A pool exported in DataComp's layout (``metadata/`` and ``shards/`` numbered ``{:08d}`` from 0)."""
+        return f"exports/{check_name(pool, 'pool_name')}/{key[:16]}"
 
     # ----- the stage contract ------------------------------------------------------------------
     @staticmethod

@@ -45,7 +45,8 @@ def test_every_path_the_catalog_makes_is_in_its_layout(tmp_path):
             catalog.metaclip_metadata("web", "2" * 16), catalog.metaclip_matches("web", "2" * 16, "00000-x-00001"),
             catalog.subset_folder("web", "my subset", "3" * 16), catalog.training_folder("run", "4" * 16),
             catalog.checkpoint(catalog.training_folder("run", "4" * 16), 2), catalog.evaluation_folder("run", "5" * 16),
-            catalog.report_folder("web", "curation-ab")]
+            catalog.report_folder("web", "curation-ab"), catalog.imported_shard_table("web", "00000-x-00001"),
+            catalog.export_folder("web", "6" * 16)]
     for path in made:
         assert any(p.match(path) for p in patterns), path
 
