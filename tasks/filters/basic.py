@@ -4,6 +4,12 @@ In:  a data frame with ``text``, ``original_width``, ``original_height`` (as dow
      :class:`~tasks.filters.config.FilterConfig`.
 Out: ``keep_basic`` (bool) and ``reason_basic``: the failed rules joined by ``,`` (``not_english``,
      ``too_few_words``, ``too_short``, ``too_small``, ``aspect_ratio``), empty when kept.
+
+A sample without image sizes (a pool imported from metadata that lacks them, such as
+clip-retrieval's without ``enable_metadata``) is not judged by the size rules (``too_small``,
+``aspect_ratio``): they cannot be checked, and removing every such sample would empty the pool.
+The caption rules still apply; the filter report lists the size rules as skipped for those
+samples, with their number (:func:`size_known`).
 """
 
 from __future__ import annotations
@@ -69,16 +75,34 @@ def english_probability(texts: pd.Series) -> np.ndarray:
     return out
 
 
+def _sizes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Original width and height (the downloaded ones where the original is missing); NaN when unknown."""
+    def column(name: str) -> pd.Series:
+        return pd.to_numeric(frame[name], errors="coerce") if name in frame else pd.Series(np.nan, index=frame.index)
+
+    width = column("original_width").fillna(column("width")).to_numpy(dtype=float)
+    height = column("original_height").fillna(column("height")).to_numpy(dtype=float)
+    return width, height
+
+
+def size_known(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose image width and height are known (the size rules can judge them)."""
+    width, height = _sizes(frame)
+    return np.isfinite(width) & np.isfinite(height)
+
+
 def basic_decisions(frame: pd.DataFrame, config: FilterConfig) -> pd.DataFrame:
     text = frame["text"].fillna("").astype(str)
-    width = frame["original_width"].fillna(frame.get("width", 0)).to_numpy(dtype=float)
-    height = frame["original_height"].fillna(frame.get("height", 0)).to_numpy(dtype=float)
-    rules = {
-        "too_few_words": text.str.split().str.len().fillna(0).to_numpy() < config.min_words,
-        "too_short": text.str.len().to_numpy() < config.min_chars,
-        "too_small": np.minimum(width, height) < config.min_image_side,
-        "aspect_ratio": np.maximum(width, height) > config.max_aspect_ratio * np.maximum(np.minimum(width, height), 1),
-    }
+    width, height = _sizes(frame)
+    known = np.isfinite(width) & np.isfinite(height)
+    with np.errstate(invalid="ignore"):
+        rules = {
+            "too_few_words": text.str.split().str.len().fillna(0).to_numpy() < config.min_words,
+            "too_short": text.str.len().to_numpy() < config.min_chars,
+            "too_small": known & (np.minimum(width, height) < config.min_image_side),
+            "aspect_ratio": known & (np.maximum(width, height)
+                                     > config.max_aspect_ratio * np.maximum(np.minimum(width, height), 1)),
+        }
     if config.english_only:
         rules = {"not_english": english_probability(text) < config.english_min_probability, **rules}
     return decisions_from_rules("basic", rules, frame.index)

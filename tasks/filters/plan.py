@@ -3,6 +3,9 @@
 In:  the catalog, the pool's record, an embedder spec and filter settings (as given by the user).
 Out: :func:`plan_embed_filter`: the checked spec and config, the hash of the evaluation task
      list, the embedding folder (one per pool and embedder) and the evaluation embeddings' file;
+     :func:`plan_filter`: the same plan for a pool that is already embedded (an imported one:
+     its embedding run's manifest is given, nothing is embedded but, with ``eval_tasklist``, the
+     evaluation images, by the ``embedder`` that made the pool's embeddings);
      :func:`filter_folder`: the filter run's folder, keyed by the embedding run's manifest, the
      config and the evaluation sets, so a different input never shares a run's folder.
 """
@@ -55,6 +58,41 @@ def plan_embed_filter(catalog: Catalog, pool: PoolRecord, embedder: dict, filter
             "embeddings": embeddings,
             "eval_embeddings": catalog.eval_embeddings(embeddings, eval_hash) if config.eval_tasklist else None,
             "shards": [shard.to_dict() for shard in pool.shards_with_samples]}
+
+
+def check_filters(filters: dict | None, embedder: dict | None, storage_options: dict | None = None,
+                  what: str = "filters") -> FilterConfig:
+    """The filter settings for an already embedded pool, checked: eval-set dedup needs the pool's embedder."""
+    config = FilterConfig.from_dict(filters)
+    if config.eval_tasklist and not embedder:
+        raise InputError(f"{what} eval_tasklist: eval-set dedup compares the evaluation images with the pool's image "
+                         "embeddings, so it needs the model that made them: give embedder (e.g. {'model': 'ViT-L-14', "
+                         "'checkpoint': 'openai'} for DataComp's l14)")
+    if embedder:
+        check_embedder(EmbedderSpec(**embedder), storage_options)
+    return config
+
+
+def plan_filter(catalog: Catalog, pool: PoolRecord, embeddings_manifest: dict, filters: dict | None,
+                embedder: dict | None = None) -> dict:
+    """The plan ``filter_folder`` and the filter tasks take, for a pool whose embedding run exists.
+
+    ``embedder`` (an open_clip model and checkpoint, the one that made the pool's embeddings) is
+    needed only with ``eval_tasklist``: it embeds the evaluation images (``eval_embeddings``).
+    """
+    if embeddings_manifest["inputs"].get("pool_manifest") != pool.content_hash:
+        raise InputError(f"pool {pool.name!r}: the embedding run given was made from another version of the pool")
+    spec = EmbedderSpec(**embedder) if embedder else None
+    options = catalog.store.fsspec_options() if spec and "://" in spec.checkpoint else None
+    config = check_filters(filters, embedder, options)
+    eval_hash = tasklist_hash(config, catalog.store.options_for(config.eval_tasklist))
+    if eval_hash:  # the evaluation images' embeddings depend on the embedder too, and so do the decisions
+        eval_hash = hash_json({"tasklist": eval_hash, "embedder": spec.key})
+    folder = catalog.store.relative(embeddings_manifest["outputs"]["folder"])
+    return {"pool": pool.manifest, "spec": spec.to_dict() if spec else None, "config": config.to_dict(),
+            "tasklist_hash": eval_hash, "embeddings": folder,
+            "eval_embeddings": catalog.eval_embeddings(folder, eval_hash) if config.eval_tasklist else None,
+            "shards": embeddings_manifest["outputs"]["shards"]}
 
 
 def filter_folder(catalog: Catalog, plan: dict, embeddings_manifest: dict) -> str:

@@ -39,7 +39,7 @@ from tasks.common.hashing import code_version
 from tasks.common.manifest import Manifest
 from tasks.common.shuffle import compute, global_ids, partitions_for, shuffle, split_ids
 from tasks.common.store import Store
-from tasks.filters.basic import basic_decisions
+from tasks.filters.basic import basic_decisions, size_known
 from tasks.filters.clip_score import clip_score_cutoff, clip_score_decisions
 from tasks.filters.config import FilterConfig
 from tasks.filters.dedup import (band_keys, bands, bucket_pairs, colour_close, decisions_from_duplicates,
@@ -49,12 +49,14 @@ from tasks.filters.nsfw import load_image_head, nsfw_image_decisions, nsfw_text_
 from tasks.filters.report import combine_counts, filter_names, filter_report, report_plot, shard_counts
 from tasks.filters.semdedup import semantic_duplicates
 
-FILTER_VERSION = 5  # bump when a change alters the decisions
+FILTER_VERSION = 6  # bump when a change alters the decisions
 EXACT_ROWS_PER_PARTITION = 1_000_000
 BAND_ROWS_PER_PARTITION = 2_000_000
 REDUCE_FANIN = 16
 CARRIED = ["uid", "key", "text", "clip_score", "embed_ok", "embed_reason", "phash", "thumb", "sha256", "width",
            "height", "original_width", "original_height"]
+CARRIED_IF_PRESENT = ["clip_b32_score", "clip_l14_score"]  # the scores of an imported DataComp pool
+SIZE_COLUMNS = ["width", "height", "original_width", "original_height"]
 
 
 def stage_code_version() -> str:
@@ -69,7 +71,8 @@ def rowwise_filters(store: Store, shard: EmbeddedShard, config: FilterConfig, ta
     with store.open(store.relative(shard.parquet)) as handle:
         table = pd.read_parquet(handle)
     images = store.read_npy(store.relative(shard.image_embeddings)).astype(np.float32)
-    parts = [table[CARRIED], basic_decisions(table, config), nsfw_text_decisions(table["text"], config)]
+    carried = CARRIED + [c for c in CARRIED_IF_PRESENT if c in table]
+    parts = [table[carried], basic_decisions(table, config), nsfw_text_decisions(table["text"], config)]
     head = (load_image_head(config.nsfw_image_head, store.options_for(config.nsfw_image_head))
             if config.nsfw_image_head else None)
     image_nsfw = nsfw_image_decisions(images, table.index, config, head, table["embed_ok"].to_numpy())
@@ -113,6 +116,18 @@ def endpoint_details(store: Store, rows_file: str, rows: np.ndarray, thumbs: boo
     pictures = (np.frombuffer(b"".join(frame["thumb"]), dtype=np.uint8).reshape(len(frame), -1)
                 if thumbs and len(frame) else None)
     return frame["uid"].to_numpy().astype(str), pictures
+
+
+def missing_metadata(store: Store, rows_file: str) -> dict:
+    """How many rows of one shard lack image sizes, and how many lack a sha256."""
+    import pyarrow.parquet as pq
+
+    with store.open(rows_file) as handle:
+        present = set(pq.read_schema(handle).names)
+    frame = _read_columns(store, rows_file, [c for c in ("sha256", *SIZE_COLUMNS) if c in present])
+    sha = frame["sha256"] if "sha256" in frame else pd.Series(None, index=frame.index, dtype=object)
+    return {"rows": int(len(frame)), "no_size": int((~size_known(frame)).sum()),
+            "no_sha256": int((sha.isna() | (sha.astype(str) == "")).sum())}
 
 
 def _gather_duplicates(client, partitions: list) -> pd.DataFrame:
@@ -227,9 +242,22 @@ def poolwide_filters(catalog: Catalog, embeddings: EmbeddingRun, rows_files: dic
     files = [rows_files[s] for s in shard_ids]
     rows = sum(shard.rows for shard in embeddings.shards if shard.shard_id in rows_files)
     skipped = {}
-    exact = exact_dedup(store, files, rows, client) if config.exact_dedup else None
+    source = f"the pool was imported from {embeddings.manifest.get('config', {}).get('format', 'embedded')} metadata"
+    missing = compute(client, [dask.delayed(missing_metadata, pure=True)(store, f) for f in files])
+    no_size, no_sha256 = sum(m["no_size"] for m in missing), sum(m["no_sha256"] for m in missing)
+    if no_size:
+        skipped["basic_size_rules"] = (f"too_small and aspect_ratio not checked for {no_size} of {rows} samples "
+                                       "without image sizes" + ("" if embeddings.has_image_bytes else f" ({source})"))
+    run_exact = config.exact_dedup and no_sha256 < rows
+    if config.exact_dedup and not run_exact:
+        skipped["exact_dedup"] = "no sha256 of the image bytes in the pool" + (
+            "" if embeddings.has_image_bytes else f" ({source})")
+    exact = exact_dedup(store, files, rows, client) if run_exact else None
     lap("exact_dedup")
-    perceptual = perceptual_dedup(store, files, rows, config, client) if config.phash_dedup else None
+    run_phash = config.phash_dedup and embeddings.has_image_bytes
+    if config.phash_dedup and not run_phash:
+        skipped["phash_dedup"] = f"needs image bytes; {source}"
+    perceptual = perceptual_dedup(store, files, rows, config, client) if run_phash else None
     lap("phash_dedup")
     semantic = None
     if config.semdedup_threshold is not None:

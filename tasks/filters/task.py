@@ -1,6 +1,7 @@
 """Prefect tasks of the filtering stage: thin wrappers over :mod:`tasks.filters.plan` and :mod:`tasks.filters.run`.
 
 - ``plan_embed_filter_task``: checks the embedder and the filters; resolves the pool once.
+- ``plan_filter_task``: the same plan for a pool that is already embedded (an imported one).
 - ``filter_folder_task``: the filter run's folder, from the embedding run's manifest.
 - ``rowwise_filters_task``: one shard's row-wise decisions (on the Dask workers).
 - ``poolwide_filters_task``: dedup, SemDeDup, CLIP score, the report and the manifest (cached by
@@ -14,12 +15,12 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.common.catalog import Catalog, EmbeddedShard, EmbeddingRun
+from tasks.common.catalog import Catalog, EmbeddedShard, EmbeddingRun, PoolRecord
 from tasks.common.dask_cluster import task_client
 from tasks.common.prefect_support import RETRY_DELAYS, artifact_key, retry_unless_input_error, validated_cache_key
 from tasks.common.store import Store
 from tasks.filters.config import FilterConfig
-from tasks.filters.plan import filter_folder, plan_embed_filter
+from tasks.filters.plan import filter_folder, plan_embed_filter, plan_filter
 from tasks.filters.run import poolwide_filters, rowwise_filters
 
 
@@ -28,6 +29,12 @@ from tasks.filters.run import poolwide_filters, rowwise_filters
 def plan_embed_filter_task(store: Store, pool_name: str, embedder: dict, filters: dict | None) -> dict:
     catalog = Catalog(store)
     return plan_embed_filter(catalog, catalog.pool(pool_name), embedder, filters)
+
+
+@task(name="plan_filter", retries=1, retry_delay_seconds=RETRY_DELAYS[:1], retry_condition_fn=retry_unless_input_error)
+def plan_filter_task(store: Store, pool: dict, embeddings: dict, filters: dict | None,
+                     embedder: dict | None = None) -> dict:
+    return plan_filter(Catalog(store), PoolRecord(pool["name"], pool), embeddings, filters, embedder)
 
 
 @task(name="filter_folder")

@@ -10,7 +10,9 @@ Out: :func:`pool_table`: a :class:`PoolTable`. Every successfully downloaded sam
      sample count, and per sample one byte: ``kept``, the filters' overall decision (all true when
      no filter ran). It never holds a caption or a uid string: :func:`read_shard` (run by worker
      tasks) reads a shard's ``uid``, ``key``, ``text`` and ``kept`` columns when a step needs them,
-     and :func:`map_shards` runs one task per shard on the client.
+     :func:`read_decisions` any other column of its filter decisions (a DataComp baseline's
+     ``keep_basic``, ``reason_basic``, CLIP scores), and :func:`map_shards` runs one task per shard
+     on the client.
 
 Building the table is one task per shard (its ``kept`` column and a 64-bit fingerprint of every
 uid); the uids' uniqueness over the pool is checked on the fingerprints (8 bytes a sample, freed
@@ -89,6 +91,25 @@ def read_shard(store: Store, shard: PoolShard, columns: Sequence[str] = ("uid", 
     if "kept" in columns:
         frame["kept"] = frame["kept"].to_numpy(dtype=bool)
     return frame
+
+
+def read_decisions(store: Store, shard: PoolShard, columns: Sequence[str]) -> pd.DataFrame:
+    """``columns`` of the shard's filter decisions (any of them: ``keep_basic``, ``reason_basic``,
+    ``clip_score``, ...), row-aligned with the table's rows of the shard; an error names the file and
+    the column it lacks, or the shard when the pool was not filtered."""
+    import pyarrow.parquet as pq
+
+    if shard.decisions is None:
+        raise InputError(f"shard {shard.shard_id}: no filter decisions (the pool has not been filtered); "
+                         "run pool_refresh with an embedder and filters")
+    with store.open(store.relative(shard.decisions)) as handle:
+        parquet = pq.ParquetFile(handle)
+        present = set(parquet.schema_arrow.names)
+        missing = [column for column in columns if column not in present]
+        if missing:
+            raise InputError(f"{shard.decisions}: no column {missing[0]!r} in these filter decisions "
+                             f"(columns: {sorted(present)})")
+        return parquet.read(columns=list(columns)).to_pandas()
 
 
 def read_rows(store: Store, shard: PoolShard, rows: np.ndarray,

@@ -1,7 +1,8 @@
 """A curation recipe: an ordered list of steps, each narrowing the samples that stay candidates.
 
 In:  a list of step dicts, e.g. ``[{"step": "filters"}, {"step": "metaclip", "tail_share": 0.06},
-     {"step": "hkmeans", "target": 4000}]``; while running, the pool's samples and the inputs a
+     {"step": "hkmeans", "target": 4000}]``, or a named recipe (``"datacomp:clip_l14_30"``: one of
+     DataComp's baselines as the only step); while running, the pool's samples and the inputs a
      step needs (the cluster tree, the MetaCLIP matches).
 Out: :func:`parse_recipe` validates and fills defaults (an error names the step and the
      setting); :class:`Selection` holds, row-aligned with the pool table (global row numbers: shard
@@ -17,7 +18,11 @@ Steps:
   candidate matching an entry, without balancing; ``online`` keeps every candidate with a keep
   probability above zero and stores the probabilities for the training loader to re-draw;
 - ``hkmeans``: balanced sampling of ``target`` candidates from the cluster tree (``mode``
-  hierarchical or flat, ``selection`` r, c or f); candidates outside the tree cannot be drawn.
+  hierarchical or flat, ``selection`` r, c or f); candidates outside the tree cannot be drawn;
+- ``datacomp``: one of DataComp's filtering baselines (``baseline``: ``no_filter``, ``basic``,
+  ``clip_score``, ``clip_l14_30``, ``laion2b``, ``text_based``, ``image_based``,
+  ``image_based_clip_l14_30``), each with its own settings (:mod:`tasks.sample.datacomp_baselines`);
+  it keeps the candidates the baseline keeps.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tasks.common.errors import InputError
+from tasks.sample.datacomp_baselines import datacomp_settings, named_recipe
 from tasks.sample.tree_sampling import MODES, SELECTIONS
 
 STEP_SETTINGS: dict[str, dict] = {
@@ -34,11 +40,14 @@ STEP_SETTINGS: dict[str, dict] = {
     "random": {"target": None, "seed": 0},
     "metaclip": {"t": None, "tail_share": None, "target": None, "matched_only": False, "online": False, "seed": 0},
     "hkmeans": {"target": None, "mode": "hierarchical", "selection": "r", "seed": 0, "tree": "tree"},
+    "datacomp": {"baseline": None},  # and the baseline's own settings (datacomp_baselines.BASELINES)
 }
 
 
-def parse_recipe(steps: list[dict] | None) -> list[dict]:
-    """Validated steps with their defaults filled in."""
+def parse_recipe(steps: list[dict] | str | None) -> list[dict]:
+    """Validated steps with their defaults filled in; a named recipe (a string) becomes its steps."""
+    if isinstance(steps, str):
+        steps = named_recipe(steps)
     if not steps:
         raise InputError("recipe: no step; e.g. [{\"step\": \"hkmeans\", \"target\": 10000}]")
     parsed = []
@@ -47,6 +56,9 @@ def parse_recipe(steps: list[dict] | None) -> list[dict]:
         kind = raw.pop("step", None)
         if kind not in STEP_SETTINGS:
             raise InputError(f"recipe step {number}: step={kind!r}; expected one of {', '.join(STEP_SETTINGS)}")
+        if kind == "datacomp":
+            parsed.append(datacomp_settings(f"recipe step {number} (datacomp)", raw))
+            continue
         unknown = sorted(set(raw) - set(STEP_SETTINGS[kind]))
         if unknown:
             raise InputError(f"recipe step {number} ({kind}): unknown setting(s) {unknown}; "

@@ -29,6 +29,11 @@ per-entry counts by a reduction over the shards.
 
 A rerun with the same inputs finds the manifest and returns it; an interrupted run redoes only
 the shards and matches not yet in the store.
+
+DataComp's baselines (the ``datacomp`` step, :mod:`tasks.sample.datacomp_baselines`) read further
+columns of the filter decisions per shard, a tree's level 1 and a file of target embeddings; the
+files a recipe reads outside the store (entry lists, target embeddings) enter the subset's key by
+their sha256.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from tasks.common.manifest import Manifest
 from tasks.common.store import Store
 from tasks.metaclip.balance import report_from_counts, threshold_for_tail_share
 from tasks.metaclip.run import BUILT_FROM_POOL, PoolMatches, match_pool, pool_metadata
+from tasks.sample.datacomp_baselines import datacomp_step, file_digest, input_files, step_label
 from tasks.sample.indicators import class_sizes_plot, cumulative_counts_plot, indicators
 from tasks.sample.pool_samples import PoolShard, PoolTable, map_shards, pool_table, read_shard
 from tasks.sample.recipe import Selection, check_target, parse_recipe
@@ -54,7 +60,7 @@ from tasks.sample.subset_files import reshard, subset_piece, write_subset
 from tasks.sample.tree_sampling import (balanced_sample, centroid_distances, selected_per_cluster, top_labels,
                                         tree_labels)
 
-SUBSET_VERSION = 2  # bump when a change alters the subset a config produces
+SUBSET_VERSION = 3  # bump when a change alters the subset a config produces
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,10 @@ class SubsetConfig:
     shard_size: int = 1000
 
     @classmethod
-    def from_dict(cls, values: dict | list) -> "SubsetConfig":
-        values = {"recipe": values} if isinstance(values, list) else dict(values)
+    def from_dict(cls, values: dict | list | str) -> "SubsetConfig":
+        """From a recipe (a list of steps, or a named recipe such as ``"datacomp:clip_l14_30"``) or a dict
+        of settings; a named recipe is stored as its steps."""
+        values = {"recipe": values} if isinstance(values, (list, str)) else dict(values)
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise InputError(f"subset: unknown setting(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
@@ -254,7 +262,7 @@ def run_recipe(context: RecipeContext) -> tuple[Selection, list[dict]]:
     stages = [stage_counts(context, selection.candidates)]
     for number, step in enumerate(context.config.recipe, 1):
         figures = STEP_RUNNERS[step["step"]](context, selection, step, number)
-        selection.figures.append({"step": step["step"], "size": selection.size, **figures})
+        selection.figures.append({"step": step_label(step), "size": selection.size, **figures})
         stages.append(stage_counts(context, selection.candidates))
     return selection, stages
 
@@ -350,21 +358,33 @@ def _entry_balance(matches: PoolMatches, mask: np.ndarray, rows: np.ndarray, kee
 
 
 STEP_RUNNERS = {"filters": _filters_step, "random": _random_step, "hkmeans": _hkmeans_step,
-                "metaclip": _metaclip_step}
+                "metaclip": _metaclip_step, "datacomp": datacomp_step}
 
 
-def subset_inputs(snapshot: PoolSnapshot, trees: dict[str, dict]) -> dict:
-    """The content hashes a subset is made from: the snapshot's manifests and every tree's."""
-    return {**snapshot.hashes, "trees": {name: tree["content_hash"] for name, tree in sorted(trees.items())}}
+def subset_inputs(snapshot: PoolSnapshot, trees: dict[str, dict], files: dict[str, str] | None = None) -> dict:
+    """The content hashes a subset is made from: the snapshot's manifests, every tree's and, when the
+    recipe reads files outside the store (a DataComp step's entry list or target embeddings), theirs."""
+    inputs = {**snapshot.hashes, "trees": {name: tree["content_hash"] for name, tree in sorted(trees.items())}}
+    return {**inputs, "files": files} if files else inputs
 
 
-def subset_key(snapshot: PoolSnapshot, config: SubsetConfig, trees: dict[str, dict]) -> str:
-    return hash_json({"inputs": subset_inputs(snapshot, trees), "config": config.to_dict(), "version": SUBSET_VERSION})
+def recipe_files(config: SubsetConfig, store: Store | None = None) -> dict[str, str]:
+    """sha256 of every file the recipe reads outside the store, by path."""
+    return {path: file_digest(path, store.options_for(path) if store is not None else None)
+            for path in input_files(config.recipe)}
+
+
+def subset_key(snapshot: PoolSnapshot, config: SubsetConfig, trees: dict[str, dict], store: Store | None = None,
+               files: dict[str, str] | None = None) -> str:
+    """The subset's cache key; ``files``: :func:`recipe_files`, when already hashed."""
+    files = recipe_files(config, store) if files is None else files
+    return hash_json({"inputs": subset_inputs(snapshot, trees, files),
+                      "config": config.to_dict(), "version": SUBSET_VERSION})
 
 
 def subset_folder(catalog: Catalog, snapshot: PoolSnapshot, name: str, config: SubsetConfig,
                   trees: dict[str, dict]) -> str:
-    return catalog.subset_folder(snapshot.pool.name, name, subset_key(snapshot, config, trees))
+    return catalog.subset_folder(snapshot.pool.name, name, subset_key(snapshot, config, trees, catalog.store))
 
 
 def make_subset(catalog: Catalog, snapshot: PoolSnapshot, name: str, config: SubsetConfig,
@@ -375,7 +395,9 @@ def make_subset(catalog: Catalog, snapshot: PoolSnapshot, name: str, config: Sub
     """
     store = catalog.store
     trees = dict(trees or {})
-    folder = subset_folder(catalog, snapshot, name, config, trees)
+    files = recipe_files(config, store)
+    key = subset_key(snapshot, config, trees, files=files)
+    folder = catalog.subset_folder(snapshot.pool.name, name, key)
     done = catalog.finished(folder)
     if done is not None:
         return done
@@ -398,23 +420,27 @@ def make_subset(catalog: Catalog, snapshot: PoolSnapshot, name: str, config: Sub
     outputs = {"parquet": parquet, "datacomp": datacomp,
                "indicators": store.write_json(f"{folder}/indicators.json", {**report, "steps": selection.figures}),
                **write_plots(store, folder, context, stages)}
-    if config.reshard:
-        key = subset_key(snapshot, config, trees)
+    stats = {"steps": selection.figures, "indicators": report["final"]}
+    if config.reshard and any(shard.tar is None for shard in table.shards):
+        # an imported pool has no images: the subset file is the output (DataComp's resharder takes it)
+        stats["reshard"] = (f"skipped: pool {snapshot.pool.name!r} was imported without images; reshard the "
+                            "downloaded shards with subset.npy (DataComp's resharder)")
+    elif config.reshard:
         outputs["shards"] = reshard(store, table.shards, chosen, f"{folder}/shards", config.shard_size,
                                     lambda number: shard_id(0, key, number), client)
+        outputs["sizes"] = store.uri(f"{folder}/shards/sizes.json")
     outputs["folder"] = store.uri(folder)
     manifest = Manifest(stage="subset", name=f"{snapshot.pool.name}/{name}", store=store.root, config=config.to_dict(),
                         code_version=code_version("subset", SUBSET_VERSION),
-                        inputs={**subset_inputs(snapshot, trees),
+                        inputs={**subset_inputs(snapshot, trees, files),
                                 "metadata": context.metadata.source if context.metadata else None},
-                        outputs=outputs, rows={"pool": len(table), "subset": int(selection.size)},
-                        stats={"steps": selection.figures, "indicators": report["final"]})
+                        outputs=outputs, rows={"pool": len(table), "subset": int(selection.size)}, stats=stats)
     return catalog.publish(folder, manifest)
 
 
 def indicator_report(context: RecipeContext, stages: list[dict]) -> dict:
     """Indicators over every tree level and over the metadata entries, for the pool and after each step."""
-    names = ["pool"] + [f"{number}. {step['step']}" for number, step in enumerate(context.config.recipe, 1)]
+    names = ["pool"] + [f"{number}. {step_label(step)}" for number, step in enumerate(context.config.recipe, 1)]
     options = {"long_tail_thresholds": context.config.long_tail_thresholds}
     report = [{"after": stage, **{over: (values if over == "samples" else indicators(values, **options))
                                   for over, values in counts.items()}}

@@ -11,7 +11,10 @@ Out: :func:`datacomp_uid_array` (and :func:`uids_from_datacomp` to read it back)
      whole subset's uids, as 16-byte records, to sort them); :func:`reshard`: tar shards of about
      ``shard_size`` samples, members renamed ``<uid>.<ext>`` so that keys stay unique across source
      shards, each shard published atomically and skipped when it already exists (a rerun redoes
-     only what is missing).
+     only what is missing). Next to each tar, ``<n>_stats.json`` (img2dataset's counts: every sample
+     a success; DataComp's resharder reads ``successes``), and in the folder ``sizes.json`` (tar
+     file name -> sample count), which open_clip's ``get_dataset_size`` reads, so training on the
+     shards needs no ``--train-num-samples``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pyarrow.parquet as pq
 from tasks.common.errors import InputError, StageFailed
 from tasks.common.store import Store
 from tasks.common.webdataset import iter_samples
+from tasks.pool_export.datacomp import sizes_table, stats_for_resharded
 from tasks.sample.pool_samples import PoolShard, map_shards, read_rows
 
 DATACOMP_DTYPE = np.dtype("u8,u8")
@@ -80,8 +84,14 @@ def reshard(store: Store, shards: list[PoolShard], chosen_rows: list[np.ndarray]
     jobs = [(f"{out_folder}/{group:05d}.tar", [(shards[int(s)], chosen_rows[int(s)]) for s in used[group_of_used == group]])
             for group in range(int(group_of_used.max()) + 1 if len(used) else 0)]
     counts = list(map_shards(client, _write_shard, jobs, store))
-    return [{"shard_id": shard_ids(number), "tar": store.uri(target), "n_success": int(count)}
-            for number, ((target, _), count) in enumerate(zip(jobs, counts))]
+    store.write_json(f"{out_folder}/sizes.json", sizes_table([target.rsplit("/", 1)[1] for target, _ in jobs],
+                                                             counts))
+    return [{"shard_id": shard_ids(number), "tar": store.uri(target), "stats": store.uri(_stats_path(target)),
+             "n_success": int(count)} for number, ((target, _), count) in enumerate(zip(jobs, counts))]
+
+
+def _stats_path(target: str) -> str:
+    return target.removesuffix(".tar") + "_stats.json"
 
 
 def _write_shard(store: Store, target: str, sources: list[tuple[PoolShard, np.ndarray]]) -> int:
@@ -89,6 +99,8 @@ def _write_shard(store: Store, target: str, sources: list[tuple[PoolShard, np.nd
     returns its sample count."""
     wanted = sum(len(rows) for _, rows in sources)
     if store.exists(target):
+        if not store.exists(_stats_path(target)):  # killed between the tar and its stats
+            store.write_json(_stats_path(target), stats_for_resharded(wanted))
         return wanted
     staging = store.staging_path(target)
     staging.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +117,7 @@ def _write_shard(store: Store, target: str, sources: list[tuple[PoolShard, np.nd
                          f"their source shards")
     partial.replace(staging)
     store.put_file(staging, target, move=True)
+    store.write_json(_stats_path(target), stats_for_resharded(wanted))
     return wanted
 
 

@@ -21,6 +21,21 @@ from tasks.sample.run import SubsetConfig, make_subset, subset_folder
 REPORTED = ("label_set_size", "normalised_entropy", "ls5", "lt100", "lt500")
 
 
+def _step_details(figure: dict) -> str:
+    """What a step's line adds: MetaCLIP's t, a DataComp baseline's CLIP cutoff and target clusters."""
+    details = ""
+    if "t" in figure:
+        details += f", t = {figure['t']:.1f}, expected {figure['expected_size']:.0f}"
+    clip = figure.get("clip")
+    if clip and clip.get("cutoff") is not None:
+        details += f", {clip['column']} >= {clip['cutoff']:.4f}"
+    if "image" in figure:
+        details += f", {figure['image']['target_clusters']} of {figure['image']['k']} clusters hold a target"
+    if "basic_settings" in figure and not figure.get("datacomp_settings", True):
+        details += f", basic settings {figure['basic_settings']} (not DataComp's)"
+    return details
+
+
 def _subset_cache_key(context, parameters) -> str:
     catalog = Catalog(parameters["store"])
     folder = subset_folder(catalog, PoolSnapshot.from_dict(parameters["snapshot"]), parameters["name"],
@@ -34,8 +49,10 @@ def make_subset_task(store: Store, snapshot: dict, name: str, config: dict, tree
     with dask_client(dask_address or None, gpu=False) as client:
         manifest = make_subset(Catalog(store), PoolSnapshot.from_dict(snapshot), name, SubsetConfig.from_dict(config),
                                trees, client=client)
-    get_run_logger().info("subset %s: %d of %d samples", manifest["name"], manifest["rows"]["subset"],
-                          manifest["rows"]["pool"])
+    logger = get_run_logger()
+    logger.info("subset %s: %d of %d samples", manifest["name"], manifest["rows"]["subset"], manifest["rows"]["pool"])
+    if manifest["stats"].get("reshard"):
+        logger.warning("subset %s: resharding %s", manifest["name"], manifest["stats"]["reshard"])
     return manifest
 
 
@@ -48,9 +65,7 @@ def subset_report_task(store: Store, manifest: dict) -> list[dict]:
             for stage in report["stages"] for over, values in stage.items() if isinstance(values, dict)]
     create_table_artifact(key=artifact_key(manifest["name"], "indicators"), table=rows,
                           description=f"Dataset-scale indicators of subset `{manifest['name']}` after each step.")
-    steps = "\n".join(f"- {figure['step']}: {figure['size']} samples"
-                      + (f", t = {figure['t']:.1f}, expected {figure['expected_size']:.0f}" if "t" in figure else "")
-                      for figure in report["steps"])
+    steps = "\n".join(f"- {figure['step']}: {figure['size']} samples{_step_details(figure)}" for figure in report["steps"])
     create_markdown_artifact(key=artifact_key(manifest["name"], "subset"), markdown=(
         f"# Subset `{manifest['name']}`\n\n{manifest['rows']['subset']} of {manifest['rows']['pool']} samples\n\n"
         f"{steps}\n\n- parquet: `{manifest['outputs']['parquet']}`\n- DataComp uids: `{manifest['outputs']['datacomp']}`"

@@ -76,7 +76,7 @@ def write_pool(store: Store, n_shards: int = 4, rows: int = ROWS, seed: int = 0)
                        "caption_embeddings": None, "rows": rows})
     truth = {"uid": uid, "phash": phash, "sha": sha, "thumbs": thumbs, "valid": embed_ok, "vectors": vectors,
              "scores": scores, "semantic": (source[40:], semantic), "chain": chain}
-    return EmbeddingRun({"name": "test", "content_hash": "h", "outputs": {"shards": shards}}), rows_files, truth
+    return EmbeddingRun({"stage": "embed", "name": "test", "content_hash": "h", "outputs": {"shards": shards}}), rows_files, truth
 
 
 CONFIG = FilterConfig(semdedup_threshold=0.99, semdedup_clusters=8, clip_score_top_fraction=0.7,
