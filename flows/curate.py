@@ -80,16 +80,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metric", default="cosine")
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--subset", action="append", default=[], metavar="NAME=RECIPE",
-                        help='a subset: its name = a JSON recipe, e.g. balanced=[{"step": "hkmeans", "target": 1000}]')
+                        help='a subset: its name = a JSON recipe, e.g. balanced=[{"step": "hkmeans", "target": 1000}], '
+                             'or a named recipe, e.g. clip=datacomp:clip_l14_30')
     parser.add_argument("--no-cluster", action="store_true", help="skip the tree (recipes without hkmeans)")
     parser.add_argument("--dask-address", default="")
     args = parser.parse_args(argv)
-    from tasks.common.options import json_option, named_json_options
+    from tasks.common.options import json_option, parse_overrides
 
     clustering = {"metric": args.metric, "engine": args.engine}
     if args.levels:
         clustering["levels"] = json_option("--levels", args.levels)
-    subsets = named_json_options("--subset", args.subset)
+    subsets = parse_overrides(args.subset, "--subset")  # NAME=[steps...], NAME={...} or NAME=datacomp:<baseline>
     out = curate(store=args.store, pool_name=args.pool_name, clustering=clustering, subsets=subsets,
                  cluster=not args.no_cluster, dask_address=args.dask_address)
     if out["tree"]:

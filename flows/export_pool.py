@@ -28,7 +28,7 @@ from tasks.pool_export.task import export_shard_task, plan_export_task, publish_
 
 
 @flow(name="export_pool", log_prints=True, task_runner=dask_task_runner())
-def export_pool(store: str, pool_name: str, embeddings_key: str = "l14", shards: bool = False,
+def export_pool(store: str, pool_name: str, embeddings_key: str = "", shards: bool = False,
                 storage_options: dict | None = None) -> dict:
     """Export the pool's embedded samples as DataComp metadata (parquet + npz), and optionally its shards.
 
@@ -36,8 +36,8 @@ def export_pool(store: str, pool_name: str, embeddings_key: str = "l14", shards:
         store: store root (local folder or s3://bucket/prefix).
         pool_name: a pool of the store that has embeddings (downloaded and embedded, or imported).
         embeddings_key: DataComp's key prefix for the pool's embeddings and CLIP score: "l14" (what
-            DataComp's baselines read by default) or "b32". The other key's npz arrays are absent and
-            its score column is null.
+            DataComp's baselines read by default) or "b32"; empty: the key a pool imported from DataComp
+            came with, else "l14". The other key's npz arrays are absent and its score column is null.
         shards: also lay out the pool's webdataset shards as shards/NNNNNNNN.tar with their
             parquet, _stats.json and sizes.json (a downloaded pool only: an imported one has no tars).
         storage_options: fsspec options for an s3:// store (no secrets: credentials come from the
@@ -50,11 +50,11 @@ def export_pool(store: str, pool_name: str, embeddings_key: str = "l14", shards:
     snapshot = resolve_pool_task(the_store, pool_name)
     plan = plan_export_task(the_store, snapshot, config)
     export = cached_in_store(export_shard_task, the_store)
-    futures = [export.submit(the_store, job, plan["folder"], config) for job in plan["jobs"]]
+    futures = [export.submit(the_store, job, plan["folder"], plan["config"]) for job in plan["jobs"]]
     return cached_in_store(publish_export_task, the_store)(the_store, plan, [future.result() for future in futures])
 
 
-def run_export_pool(store: str, pool_name: str, embeddings_key: str = "l14", shards: bool = False,
+def run_export_pool(store: str, pool_name: str, embeddings_key: str = "", shards: bool = False,
                     dask_address: str = "", storage_options: dict | None = None) -> dict:
     """``export_pool`` with its tasks on Dask (the local cluster unless ``dask_address`` is given)."""
     return export_pool.with_options(task_runner=dask_task_runner(dask_address or None))(
@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
                                                  "optionally the shards).")
     parser.add_argument("--store", required=True)
     parser.add_argument("--pool-name", required=True)
-    parser.add_argument("--embeddings-key", default="l14", choices=["l14", "b32"],
-                        help="DataComp key prefix for the pool's embeddings and CLIP score")
+    parser.add_argument("--embeddings-key", default="", choices=["", "l14", "b32"],
+                        help="DataComp key prefix for the pool's embeddings and CLIP score (default: an imported "
+                             "DataComp pool's own, else l14)")
     parser.add_argument("--shards", action="store_true", help="also lay out the webdataset shards (downloaded pools)")
     parser.add_argument("--dask-address", default="")
     args = parser.parse_args(argv)

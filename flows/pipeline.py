@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", default="small")
     parser.add_argument("--dask-address", default="")
     args = parser.parse_args(argv)
-    from tasks.common.options import json_option, named_json_options
+    from tasks.common.options import json_option, parse_overrides
 
-    subsets = named_json_options("--subset", args.subset)
+    subsets = parse_overrides(args.subset, "--subset")  # NAME=[steps...], NAME={...} or NAME=datacomp:<baseline>
     out = pipeline(pool_index=args.pool_index, store=args.store, tasklist=args.tasklist,
                    embedder=json_option("--embedder", args.embedder), subsets=subsets, pool_name=args.pool_name, scale=args.scale,
                    dask_address=args.dask_address)

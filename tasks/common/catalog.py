@@ -9,7 +9,7 @@ and ``<hash>`` are 16 hex characters of a content hash)::
     pools/<pool>/manifests/<hash>.json            every pool manifest ever published
     pools/<pool>/download_report.json             samples by status and failure reason
     pools/<pool>/inputs/<slice>-<hash>.parquet    the rows of one slice of the pool index
-    pools/<pool>/slices/<slice>-<key>/            img2dataset's <n>.tar, <n>.parquet, <n>_stats.json; manifest.json
+    pools/<pool>/slices/<slice>-<key>/            img2dataset's <n>.tar, <n>.parquet, <n>_stats.json; sizes.json, manifest.json
     pools/<pool>/imported/<shard_id>.parquet      an imported shard's table (img2dataset's columns and the source's scores)
     pools/<pool>/filters.json                     which embedding and filter runs are the pool's latest
     embeddings/<pool>/<embedder>/                 <shard_id>.img.npy, .txt.npy, .cap.npy, .parquet; eval-<hash>.img.npy; manifest.json, manifests/<hash>.json

@@ -5,9 +5,9 @@ Out: the parsed value, or an :class:`~tasks.common.errors.InputError` that names
      (and the entry, for ``NAME=VALUE`` options) and says where the text is wrong.
 
 - :func:`json_option`: a JSON option, e.g. ``--filters '{"clip_score": 0.3}'``.
-- :func:`named_json_options`: repeated ``NAME=JSON`` entries, e.g. ``--subset balanced=[...]``.
-- :func:`parse_overrides`: repeated ``--override NAME=VALUE``; VALUE is JSON when it looks like
-  JSON (a number, ``-``, ``[``, ``{``, ``"``, ``true``, ``false``, ``null``), else a plain string.
+- :func:`parse_overrides`: repeated ``NAME=VALUE`` entries (``--override``, ``--subset``); VALUE is
+  JSON when it looks like JSON (a number, ``-``, ``[``, ``{``, ``"``, ``true``, ``false``,
+  ``null``), else a plain string: ``--subset balanced=[...]``, ``--subset clip=datacomp:clip_l14_30``.
 """
 
 from __future__ import annotations
@@ -29,11 +29,6 @@ def json_option(name: str, text: str) -> Any:
     except json.JSONDecodeError as exc:
         raise InputError(f"{name}: not valid JSON at line {exc.lineno} column {exc.colno} (character {exc.pos}): "
                          f"{exc.msg}; got {text!r}") from None
-
-
-def named_json_options(option: str, items: Iterable[str]) -> dict[str, Any]:
-    """``{NAME: parsed JSON}`` from entries ``NAME=JSON`` of the repeated option ``option``."""
-    return {name: json_option(f"{option} {name}", value) for name, value in _pairs(option, items)}
 
 
 def parse_overrides(items: Iterable[str], option: str = "--override") -> dict[str, Any]:

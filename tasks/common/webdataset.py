@@ -7,6 +7,8 @@ Out: :func:`iter_samples` yields ``(key, {extension: bytes})`` per sample in tar
      one sample in memory at a time. A sample is a run of consecutive regular files with the same
      key, the path up to the first dot of the file name (``dir/0001.jpg`` is key ``dir/0001``,
      extension ``jpg``). :func:`count_samples` counts them reading only the headers.
+:func:`sizes_table` and :func:`stats_for_resharded`: what a folder of shards carries for the
+tools that read it (open_clip's and DataComp's ``sizes.json``, img2dataset's ``_stats.json``).
 
 A damaged shard raises :class:`~tasks.common.errors.StageFailed` naming its URI: cut inside a
 member, a header that is not a tar header, no end-of-archive marker (cut at a member boundary),
@@ -189,3 +191,17 @@ def _long_name(kind: bytes, payload: bytes) -> bytes | None:
         if field.startswith(b"path="):
             return field[5:]
     return None
+
+
+# ----- what a shard folder carries for other tools -----------------------------------------------
+def stats_for_resharded(samples: int) -> dict:
+    """``_stats.json`` of a shard written from chosen samples: every one of them is a success."""
+    return {"count": int(samples), "successes": int(samples), "failed_to_download": 0, "failed_to_resize": 0,
+            "status_dict": {"success": int(samples)} if samples else {}}
+
+
+def sizes_table(names: list[str], counts: list[int]) -> dict[str, int]:
+    """``sizes.json``: each shard's file name (basename) -> its sample count."""
+    if len(names) != len(counts) or any("/" in name for name in names):
+        raise ValueError("sizes.json: one basename per count")
+    return {name: int(count) for name, count in zip(names, counts)}

@@ -4,7 +4,8 @@ In:  a :class:`~tasks.download.pool_index.SlicePlan`, its rows (a data frame), a
      :class:`DownloadConfig` and the store.
 Out: in the slice's folder (:meth:`Catalog.slice_folder`) img2dataset's webdataset shards
      (``NNNNN.tar``, ``NNNNN.parquet`` holding every sample with its status and error,
-     ``NNNNN_stats.json``) and, written last, the slice's manifest: its shards, each with the
+     ``NNNNN_stats.json``), ``sizes.json`` (each tar's sample count, which open_clip reads) and,
+     written last, the slice's manifest: its shards, each with the
      ``shard_id`` minted here (:func:`~tasks.common.catalog.shard_id`), and its counts by status
      and failure reason. A slice folder without a manifest is unfinished and nothing reads it.
 
@@ -36,7 +37,7 @@ from tasks.common.hashing import code_version, hash_json
 from tasks.common.manifest import Manifest
 from tasks.common.process import log_tail, run_child
 from tasks.common.store import Store
-from tasks.common.webdataset import count_samples
+from tasks.common.webdataset import count_samples, sizes_table
 from tasks.download.pool_index import SlicePlan, passthrough_columns
 from tasks.download.report import classify_error
 
@@ -173,6 +174,9 @@ def download_slice(catalog: Catalog, plan: SlicePlan, config: DownloadConfig, lo
 
     _run_img2dataset(input_file, output, staging, passthrough_columns(rows), config, log)
     result = _verify(plan, rows, output, folder, config)
+    sizes = sizes_table([shard["tar"].rsplit("/", 1)[1] for shard in result.shards],
+                        [shard["n_success"] for shard in result.shards])
+    (output / "sizes.json").write_text(json.dumps(sizes))  # open_clip counts the samples of these shards from it
     for name in sorted(os.listdir(output)):
         if not name.startswith("_") or name.endswith("_stats.json"):
             store.put_file(output / name, f"{folder}/{name}", move=True)

@@ -23,8 +23,8 @@ What the tools read (checked against their code):
 In:  column arrays of one shard's samples; shard names and sample counts.
 Out: :data:`METADATA_SCHEMA` (DataComp's column types: the released pools have ``float32`` scores,
      ``int64`` sizes, ``list<list<float64>>`` face boxes), :func:`metadata_table`, :func:`npz_bytes`,
-     :func:`stats_from_status` / :func:`stats_for_resharded` (img2dataset's ``_stats.json`` fields)
-     and :func:`sizes_table` (open_clip's and the resharder's ``sizes.json``).
+     :func:`stats_from_status` (img2dataset's ``_stats.json`` fields of a shard's table; the
+     ``sizes.json`` table is :func:`tasks.common.webdataset.sizes_table`).
 """
 
 from __future__ import annotations
@@ -98,15 +98,3 @@ def stats_from_status(status: pd.Series, error_message: pd.Series | None = None)
             "failed_to_resize": int(counts.get("failed_to_resize", 0)),
             "status_dict": {str(k): int(v) for k, v in messages.value_counts().sort_index().items()}}
 
-
-def stats_for_resharded(samples: int) -> dict:
-    """``_stats.json`` of a shard written from chosen samples: every one of them is a success."""
-    return {"count": int(samples), "successes": int(samples), "failed_to_download": 0, "failed_to_resize": 0,
-            "status_dict": {"success": int(samples)} if samples else {}}
-
-
-def sizes_table(names: list[str], counts: list[int]) -> dict[str, int]:
-    """``sizes.json``: each shard's file name (basename) -> its sample count."""
-    if len(names) != len(counts) or any("/" in name for name in names):
-        raise ValueError("sizes.json: one basename per count")
-    return {name: int(count) for name, count in zip(names, counts)}

@@ -48,8 +48,9 @@ from tasks.common.errors import InputError, StageFailed
 from tasks.common.hashing import code_version, hash_json
 from tasks.common.manifest import Manifest
 from tasks.common.store import Store
+from tasks.common.webdataset import sizes_table
 from tasks.pool_export.datacomp import (EMBEDDING_KEYS, METADATA_COLUMNS, check_embeddings_key, metadata_table,
-                                        npz_bytes, npz_keys, score_column, sizes_table, stats_from_status)
+                                        npz_bytes, npz_keys, score_column, stats_from_status)
 
 EXPORT_VERSION = 1  # bump when a change alters what an export holds
 EMBEDDING_COLUMNS = ("uid", "text", "clip_score", "embed_ok")  # what the embedding table must have
@@ -62,11 +63,12 @@ def stage_code_version() -> str:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    embeddings_key: str = "l14"
+    embeddings_key: str = ""  # "": the imported DataComp pool's own key, else "l14"
     shards: bool = False
 
     def __post_init__(self) -> None:
-        check_embeddings_key(self.embeddings_key)
+        if self.embeddings_key:
+            check_embeddings_key(self.embeddings_key)
         if not isinstance(self.shards, bool):
             raise InputError(f"shards: expected true or false, got {self.shards!r}")
 
@@ -111,6 +113,7 @@ def plan_export(catalog: Catalog, snapshot: PoolSnapshot, config: ExportConfig) 
     if missing:
         raise InputError(f"export: pool {pool.name!r}: shard {missing[0]} (and {len(missing) - 1} more) has no "
                          "embeddings in its latest embedding run; run embed_filter again")
+    config = ExportConfig(embeddings_key=export_key(snapshot, config.embeddings_key), shards=config.shards)
     key = hash_json({"pool": pool.content_hash, "embeddings": snapshot.embeddings.content_hash,
                      "config": config.to_dict(), "code": stage_code_version()})
     folder = catalog.export_folder(pool.name, key)
@@ -118,6 +121,18 @@ def plan_export(catalog: Catalog, snapshot: PoolSnapshot, config: ExportConfig) 
             for number, shard in enumerate(shards)]
     return {"pool": pool.manifest, "embeddings": snapshot.embeddings.manifest, "config": config.to_dict(),
             "key": key, "folder": folder, "jobs": jobs}
+
+
+def export_key(snapshot: PoolSnapshot, asked: str) -> str:
+    """The DataComp key the pool's embeddings go under: as asked, else the key a DataComp import came with,
+    else ``l14``. A pool imported from DataComp's metadata keeps its own key (its B/32 embeddings are
+    never written as ``l14``)."""
+    run = snapshot.embeddings.manifest
+    imported = run["config"].get("embeddings") if run["stage"] == "import" else None
+    if asked and imported and asked != imported:
+        raise InputError(f"embeddings_key: {asked!r}, but pool {snapshot.pool.name!r} was imported with DataComp's "
+                         f"{imported!r} embeddings; export it under {imported!r}")
+    return asked or imported or "l14"
 
 
 def export_shard(store: Store, job: dict, folder: str, config: ExportConfig) -> dict:

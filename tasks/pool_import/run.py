@@ -7,7 +7,8 @@ In:  the catalog, a pool name, a source folder (local or fsspec URI; read with t
 Out, through the catalog's paths only, the records a downloaded and embedded pool has, so every
 later stage (filters, tree, subsets) runs on it unchanged:
 
-- per source shard (its ``shard_id`` is ``shard_id(0, <its content hash>, <its position>)``):
+- per source shard (its ``shard_id`` is ``shard_id(0, <its content hash>, 0)``: its content alone names
+  it, so a source that grows keeps the ids, and the imported files, of the shards it had):
   the pool's record of it, :meth:`~tasks.common.catalog.Catalog.imported_shard_table`, in
   img2dataset's columns (``uid``, ``key``, ``url``, ``caption``, ``status`` = ``success``,
   ``error_message``, ``width``, ``height``, ``original_width``, ``original_height``, ``sha256``, and
@@ -58,7 +59,7 @@ from tasks.common.hashing import code_version, hash_json
 from tasks.common.manifest import Manifest
 from tasks.common.shuffle import compute, hash_partition, partitions_for, shuffle, split_frame
 from tasks.common.store import Store
-from tasks.pool_import.sources import (CARRIED_SCORES, DATACOMP_SCORES, SIZE_COLUMNS, SourceShard, bad_uids,
+from tasks.pool_import.sources import (CARRIED_SCORES, DATACOMP_SCORES, FACE_BOXES, SIZE_COLUMNS, SourceShard, bad_uids,
                                        check_choice, check_header, list_source, mint_uids, read_headers,
                                        read_shard_data, shard_uids)
 
@@ -105,7 +106,7 @@ def plan_import(catalog: Catalog, pool_name: str, source: str, format: str = "au
     key = hash_json({"format": format, "embeddings": chosen, "code": stage_code_version()})
     return {"pool": pool_name, "format": format, "source": source, "embeddings": chosen, "dim": int(dims[0]),
             "folder": catalog.embedding_folder(pool_name, key[:16]), "source_hash": source_hash,
-            "shards": [{"source": shard.to_dict(), "shard_id": shard_id(0, header.content_hash[:16], shard.number),
+            "shards": [{"source": shard.to_dict(), "shard_id": shard_id(0, header.content_hash[:16], 0),
                         "content_hash": header.content_hash, "rows": header.rows,
                         "columns": header.columns} for shard, header in zip(shards, headers)]}
 
@@ -179,11 +180,6 @@ def zero_thumbnails(rows: int) -> pa.Array:
     return pa.Array.from_buffers(pa.binary(), rows, [None, offsets, pa.py_buffer(bytes(rows * THUMB_BYTES))])
 
 
-def _minted_keys(number: int, rows: int) -> np.ndarray:
-    width = max(6, len(str(max(rows - 1, 0))))
-    return np.char.add(f"{number:05d}", np.char.zfill(np.arange(rows).astype(str), width)).astype(object)
-
-
 def normalised(matrix: np.ndarray, where: str) -> tuple[np.ndarray, int]:
     """``matrix`` as float16 with unit rows: rows within NORM_TOLERANCE kept as given, others rescaled.
 
@@ -214,7 +210,6 @@ def normalised(matrix: np.ndarray, where: str) -> tuple[np.ndarray, int]:
 def shard_tables(plan: dict, shard: dict, frame: pd.DataFrame, image: np.ndarray,
                  text: np.ndarray) -> tuple[pa.Table, pa.Table]:
     """The pool's table (img2dataset's columns) and the embed stage's table of one checked shard."""
-    source = SourceShard(**shard["source"])
     rows = len(frame)
     if plan["format"] == "datacomp":
         uids, captions, url = frame["uid"].to_numpy(dtype=object), frame["text"], frame["url"]
@@ -228,7 +223,7 @@ def shard_tables(plan: dict, shard: dict, frame: pd.DataFrame, image: np.ndarray
         url = frame[path] if path else pd.Series([None] * rows)
         score = (image.astype(np.float32) * text.astype(np.float32)).sum(axis=1)
         scores = {}
-    keys = frame["key"].astype(str).to_numpy(dtype=object) if "key" in frame else _minted_keys(source.number, rows)
+    keys = frame["key"].astype(str).to_numpy(dtype=object) if "key" in frame else uids  # no key: the uid names it
     captions = captions.where(captions.notna(), "").astype(str)
     uid_array, key_array = pa.array(uids, pa.string()), pa.array(keys, pa.string())
     sizes = {name: _sizes(frame, name) for name in SIZE_COLUMNS}
@@ -241,6 +236,8 @@ def shard_tables(plan: dict, shard: dict, frame: pd.DataFrame, image: np.ndarray
         pool["image_path"] = _strings(frame, "image_path")
     if plan["format"] == "datacomp":
         pool.update({c: pa.array(frame[c].to_numpy(dtype=np.float64)) for c in CARRIED_SCORES})
+        if FACE_BOXES in frame:  # DataComp's download blurs these faces: an export must give them back
+            pool[FACE_BOXES] = pa.array(frame[FACE_BOXES], type=pa.list_(pa.list_(pa.float64())), from_pandas=True)
     embedded = {"uid": uid_array, "key": key_array, "text": pa.array(captions.to_numpy(dtype=object), pa.string()),
                 "clip_score": pa.array(score.astype(np.float32)), "embed_ok": pa.array(np.ones(rows, dtype=bool)),
                 "embed_reason": pa.array(np.full(rows, "", dtype=object), pa.string()),

@@ -50,13 +50,14 @@ FORMATS = ("datacomp", "clip_retrieval")
 EMBEDDINGS = ("l14", "b32")
 DATACOMP_COLUMNS = ("uid", "url", "text", "original_width", "original_height", "clip_b32_similarity_score",
                     "clip_l14_similarity_score", "sha256")
+FACE_BOXES = "face_bboxes"  # carried when present: DataComp's download blurs the faces it lists
 DATACOMP_SCORES = {"b32": "clip_b32_similarity_score", "l14": "clip_l14_similarity_score"}
 CARRIED_SCORES = {"clip_b32_similarity_score": "clip_b32_score", "clip_l14_similarity_score": "clip_l14_score"}
 SIZE_COLUMNS = ("width", "height", "original_width", "original_height")
 UID = re.compile(r"^[0-9a-f]{32}$")
 _NUMBERED = {"img_emb": re.compile(r"^img_emb_(\d+)\.npy$"), "text_emb": re.compile(r"^text_emb_(\d+)\.npy$"),
              "metadata": re.compile(r"^metadata_(\d+)\.parquet$")}
-_DATACOMP = re.compile(r"^(\d+)\.(parquet|npz)$")
+_DATACOMP = re.compile(r"^([^/]+)\.(parquet|npz)$")  # any stem: the released files are named by a hex hash
 HEADER_THREADS = 16
 
 
@@ -65,7 +66,7 @@ class SourceShard:
     """One source shard: its position in sorted source order, its name and its files (URIs)."""
 
     number: int
-    name: str  # DataComp: the basename (00000000); clip-retrieval: the partition number
+    name: str  # DataComp: the file stem (a hex hash in the released pools); clip-retrieval: the partition number
     table: str  # the parquet
     image: str  # DataComp: the npz (both matrices); clip-retrieval: img_emb_<n>.npy
     text: str | None = None  # clip-retrieval: text_emb_<n>.npy
@@ -111,14 +112,19 @@ def detect_format(source: str, storage_options: dict | None = None) -> str:
     if not fs.isdir(root):
         raise InputError(f"source {source}: no such folder, or an empty one (nothing to import)")
     names = set(_names(fs, root))
-    if names & {"img_emb", "text_emb", "metadata"}:
-        return "clip_retrieval"
-    if any(_DATACOMP.match(n) for n in names):
+    if "metadata" in names:
+        inside = _names(fs, f"{root}/metadata")
+        if any(_NUMBERED["metadata"].match(n) for n in inside):
+            return "clip_retrieval"
+        if any(n.endswith(".npz") for n in inside):
+            raise InputError(f"source {source}: its metadata/ folder holds DataComp's parquet and npz files; give "
+                             f"--source {source.rstrip('/')}/metadata (or the scale's folder inside it)")
+    if any(n.endswith(".npz") for n in names) or any(n.endswith(".parquet") for n in names):
         return "datacomp"
     if not names:
-        raise InputError(f"source {source}: the folder is empty; expected DataComp's <NNNNNNNN>.parquet and .npz "
+        raise InputError(f"source {source}: the folder is empty; expected DataComp's <name>.parquet and <name>.npz "
                          "files, or clip-retrieval's img_emb/, text_emb/ and metadata/ folders")
-    raise InputError(f"source {source}: neither DataComp's <NNNNNNNN>.parquet and .npz files nor clip-retrieval's "
+    raise InputError(f"source {source}: neither DataComp's <name>.parquet and .npz files nor clip-retrieval's "
                      f"img_emb/, text_emb/ and metadata/ folders (found {sorted(names)[:5]}); give format explicitly "
                      "if the layout is right")
 
@@ -316,9 +322,12 @@ def shard_uids(format: str, shard: SourceShard, storage_options: dict | None = N
 
 
 def bad_uids(uids: np.ndarray) -> np.ndarray:
-    """Positions of uids that are not 32 lower-case hex characters."""
-    series = pd.Series(uids, dtype=object)
-    ok = series.str.fullmatch(r"[0-9a-f]{32}").fillna(False).to_numpy(dtype=bool)
+    """Positions of uids that are not 32 lower-case hex characters (a number or a missing uid is not one)."""
+    text = pd.Series(uids, dtype=object)
+    if pd.api.types.infer_dtype(text, skipna=False) != "string":  # numbers or missing values among them
+        is_text = np.frompyfunc(lambda value: isinstance(value, str), 1, 1)(text.to_numpy()).astype(bool)
+        text = text.where(is_text, "")
+    ok = text.str.fullmatch(r"[0-9a-f]{32}").to_numpy(dtype=bool)
     return np.flatnonzero(~ok)
 
 
@@ -327,7 +336,12 @@ def read_shard_data(format: str, embeddings: str, shard: SourceShard,
     """One shard's metadata (in source order) and its image and text embeddings, as stored (no copy)."""
     image_key, text_key = embedding_keys(format, embeddings)
     if format == "datacomp":
-        frame = _read_parquet(shard.table, list(DATACOMP_COLUMNS), storage_options)
+        import pyarrow.parquet as pq
+
+        with fsspec.open(shard.table, "rb", **(storage_options or {})) as handle:
+            names = pq.read_schema(handle).names
+        frame = _read_parquet(shard.table, list(DATACOMP_COLUMNS) + ([FACE_BOXES] if FACE_BOXES in names else []),
+                              storage_options)
         with fsspec.open(shard.image, "rb", **(storage_options or {})) as handle:
             with np.load(handle, allow_pickle=False) as arrays:
                 image, text = arrays[image_key], arrays[text_key]

@@ -77,14 +77,19 @@ def import_shard_task(store: Store, settings: dict, shard: dict) -> dict:
 
 
 def _publish_key(context, parameters) -> str:
-    """Valid while the embedding run is finished and the pool's latest manifest is the one it was made from."""
+    """Valid while the pool's latest manifest is this source's import and the embedding run made with it is finished.
+
+    The embedding folder is shared by every version of the source, so a store that is consistent is not
+    enough: importing A, then B, then A again must publish A again.
+    """
     catalog = Catalog(parameters["store"])
     plan = parameters["plan"]
     key = "import-publish-" + hash_json({"store": catalog.store.root, "folder": plan["folder"],
                                          "source": plan["source_hash"], "code": stage_code_version()})
     embeddings = catalog.finished(plan["folder"])
     pool = catalog.read_manifest(catalog.pool_folder(plan["pool"]))
-    if embeddings is None or pool is None or embeddings["inputs"].get("pool_manifest") != pool["content_hash"]:
+    if (embeddings is None or pool is None or embeddings["inputs"].get("pool_manifest") != pool["content_hash"]
+            or pool.get("inputs", {}).get("source_content_hash") != plan["source_hash"]):
         catalog.store.remove(f"{RESULTS_FOLDER}/{key}")
     return key
 

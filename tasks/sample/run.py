@@ -56,7 +56,7 @@ from tasks.sample.datacomp_baselines import datacomp_step, file_digest, input_fi
 from tasks.sample.indicators import class_sizes_plot, cumulative_counts_plot, indicators
 from tasks.sample.pool_samples import PoolShard, PoolTable, map_shards, pool_table, read_shard
 from tasks.sample.recipe import Selection, check_target, parse_recipe
-from tasks.sample.subset_files import reshard, subset_piece, write_subset
+from tasks.sample.subset_files import reshard, sizes_path, subset_piece, write_subset
 from tasks.sample.tree_sampling import (balanced_sample, centroid_distances, selected_per_cluster, top_labels,
                                         tree_labels)
 
@@ -428,7 +428,7 @@ def make_subset(catalog: Catalog, snapshot: PoolSnapshot, name: str, config: Sub
     elif config.reshard:
         outputs["shards"] = reshard(store, table.shards, chosen, f"{folder}/shards", config.shard_size,
                                     lambda number: shard_id(0, key, number), client)
-        outputs["sizes"] = store.uri(f"{folder}/shards/sizes.json")
+        outputs["sizes"] = store.uri(sizes_path(f"{folder}/shards"))
     outputs["folder"] = store.uri(folder)
     manifest = Manifest(stage="subset", name=f"{snapshot.pool.name}/{name}", store=store.root, config=config.to_dict(),
                         code_version=code_version("subset", SUBSET_VERSION),

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from tasks.common.errors import InputError, StageFailed
 from tasks.common.store import Store
 from tasks.common.webdataset import iter_samples
-from tasks.pool_export.datacomp import sizes_table, stats_for_resharded
+from tasks.common.webdataset import sizes_table, stats_for_resharded
 from tasks.sample.pool_samples import PoolShard, map_shards, read_rows
 
 DATACOMP_DTYPE = np.dtype("u8,u8")
@@ -84,10 +84,15 @@ def reshard(store: Store, shards: list[PoolShard], chosen_rows: list[np.ndarray]
     jobs = [(f"{out_folder}/{group:05d}.tar", [(shards[int(s)], chosen_rows[int(s)]) for s in used[group_of_used == group]])
             for group in range(int(group_of_used.max()) + 1 if len(used) else 0)]
     counts = list(map_shards(client, _write_shard, jobs, store))
-    store.write_json(f"{out_folder}/sizes.json", sizes_table([target.rsplit("/", 1)[1] for target, _ in jobs],
+    store.write_json(sizes_path(out_folder), sizes_table([target.rsplit("/", 1)[1] for target, _ in jobs],
                                                              counts))
     return [{"shard_id": shard_ids(number), "tar": store.uri(target), "stats": store.uri(_stats_path(target)),
              "n_success": int(count)} for number, ((target, _), count) in enumerate(zip(jobs, counts))]
+
+
+def sizes_path(out_folder: str) -> str:
+    """The shards' ``sizes.json`` (each tar's sample count, read by open_clip and DataComp's tools)."""
+    return f"{out_folder}/sizes.json"
 
 
 def _stats_path(target: str) -> str:

@@ -3,7 +3,7 @@
 import pytest
 
 from tasks.common.errors import InputError
-from tasks.common.options import json_option, named_json_options, parse_overrides
+from tasks.common.options import json_option, parse_overrides
 
 
 def test_overrides_parse_json_values_and_keep_plain_strings():
@@ -34,10 +34,10 @@ def test_json_option_names_the_option_and_the_position():
         json_option("--levels", " ")
 
 
-def test_named_json_options():
-    assert named_json_options("--subset", ['a=[{"step": "random", "target": 5}]', "b=[]"]) == \
-        {"a": [{"step": "random", "target": 5}], "b": []}
+def test_subset_options_take_json_recipes_and_recipe_names():
+    assert parse_overrides(['a=[{"step": "random", "target": 5}]', "b=[]", "c=datacomp:clip_l14_30"], "--subset") == \
+        {"a": [{"step": "random", "target": 5}], "b": [], "c": "datacomp:clip_l14_30"}
     with pytest.raises(InputError, match=r"--subset b: not valid JSON at line 1 column 2"):
-        named_json_options("--subset", ["a=[]", "b=[x]"])
+        parse_overrides(["a=[]", "b=[x]"], "--subset")
     with pytest.raises(InputError, match="--subset 'balanced': expected NAME=VALUE"):
-        named_json_options("--subset", ["balanced"])
+        parse_overrides(["balanced"], "--subset")

@@ -54,6 +54,10 @@ def test_manifest_report_and_artifact(first_run):
     assert report["status_counts"] == {k: manifest["rows"][k] for k in report["status_counts"]}
     assert len(manifest["outputs"]["slices"]) == 2 and len(manifest["outputs"]["shards"]) == 6
     assert not store.exists("_staging") or not store.list("_staging/pools/e2e/slices")
+    # every slice folder says how many samples each of its tars holds, as open_clip reads it
+    for shard in manifest["outputs"]["shards"]:
+        folder, name = store.relative(shard["tar"]).rsplit("/", 1)
+        assert store.read_json(f"{folder}/sizes.json")[name] == shard["n_success"]
     artifact = Artifact.get("e2e-download")
     assert artifact is not None and artifact.type == "table"
     rows = {(r["status"], r["reason"]): r["count"] for r in json.loads(artifact.data)}

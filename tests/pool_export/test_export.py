@@ -25,7 +25,7 @@ def export(store: Store, pool: str = "test", **config) -> dict:
     """The stage without Prefect: plan, every shard, the manifest."""
     catalog = Catalog(store)
     plan = plan_export(catalog, catalog.snapshot(pool), ExportConfig(**config))
-    summaries = [export_shard(store, job, plan["folder"], ExportConfig(**config)) for job in plan["jobs"]]
+    summaries = [export_shard(store, job, plan["folder"], ExportConfig(**plan["config"])) for job in plan["jobs"]]
     return publish_export(catalog, plan, summaries)
 
 

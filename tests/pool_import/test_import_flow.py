@@ -156,3 +156,16 @@ def test_import_from_s3(prefect_harness, s3_bucket, tmp_path):
     assert out["embeddings"]["config"]["source"] == f"{s3_bucket}/metadata"
     assert out["embeddings"]["config"]["embeddings"] == "b32" and out["pool"]["rows"]["success"] == 60
     assert np.load(out["embeddings"]["outputs"]["shards"][0]["image_embeddings"]).shape == (30, 8)
+
+
+def test_importing_a_then_b_then_a_again_makes_a_the_pool(prefect_harness, tmp_path):
+    """The embedding folder is shared by every source: publishing must follow the source, not the folder."""
+    store = Store(str(tmp_path / "store"))
+    for name, seed, rows in (("a", 11, 20), ("b", 12, 14)):
+        make_datacomp_pool(str(tmp_path / name), shards=1, rows_per_shard=rows, seed=seed, dim_l14=8, dim_b32=4)
+    outs = [import_pool(store=store.root, pool_name="ab", source=str(tmp_path / name), filters={"min_image_side": 48})
+            for name in ("a", "b", "a")]
+    assert [out["pool"]["rows"]["success"] for out in outs] == [20, 14, 20]
+    snapshot = Catalog(store).snapshot("ab")
+    assert not snapshot.stale and snapshot.pool.manifest["config"]["source"] == str(tmp_path / "a")
+    assert snapshot.filters.content_hash == outs[2]["filters"]["content_hash"]

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from synthetic_sources import make_clip_retrieval_pool, make_datacomp_pool  # noqa: E402
 
-from tasks.common.catalog import Catalog  # noqa: E402
+from tasks.common.catalog import Catalog, EmbeddingRun, PoolSnapshot  # noqa: E402
 from tasks.common.errors import InputError  # noqa: E402
 from tasks.common.store import Store  # noqa: E402
 from tasks.pool_import.run import EMBED_COLUMNS, check_uids, import_shard, plan_import, publish_import  # noqa: E402
@@ -73,7 +73,7 @@ def test_datacomp_records_match_the_source(tmp_path):
         assert stored_image.dtype == np.float16
         np.testing.assert_array_equal(stored_image, image)  # bit for bit: DataComp's are normalised
         np.testing.assert_array_equal(stored_text, text)
-        assert record.shard_id.endswith(f"-{number:05d}") and record.shard_id == shard["shard_id"]
+        assert record.shard_id == shard["shard_id"] == f"00000-{out['plan']['shards'][number]['content_hash'][:16]}-00000"
     # b32 is another embedding run of the same pool's shards
     b32 = run_import(store, "dc", str(tmp_path / "dc"), embeddings="b32")
     assert b32["embeddings"]["outputs"]["folder"] != embeddings["outputs"]["folder"]
@@ -216,3 +216,50 @@ def test_empty_source_unknown_format_and_embeddings(datacomp, tmp_path):
     _fails(store, tmp_path / "missing", r"no such folder, or an empty one")
     _fails(store, folder, r"format: 'webdataset' is not one of", format="webdataset")
     _fails(store, folder, r"embeddings: 'h14' is not one of", embeddings="h14")
+
+
+def test_released_names_and_a_folder_above_them(tmp_path):
+    """DataComp's released files are named by a hex hash; its data folder holds them in metadata/."""
+    folder = tmp_path / "data/metadata"
+    make_datacomp_pool(str(folder), shards=2, rows_per_shard=10, seed=8, **DIMS)
+    for number in range(2):
+        stem = hashlib.md5(str(number).encode()).hexdigest()
+        for suffix in (".parquet", ".npz"):
+            (folder / f"{number:08d}{suffix}").rename(folder / f"{stem}{suffix}")
+    store = Store(str(tmp_path / "store"))
+    out = run_import(store, "hex", str(folder))
+    assert out["plan"]["format"] == "datacomp" and out["pool"]["rows"]["success"] == 20
+    _fails(store, tmp_path / "data", r"metadata/ folder holds DataComp's parquet and npz files; give --source .*/metadata")
+
+
+def test_uids_that_are_numbers(datacomp):
+    folder, store = datacomp
+    _rewrite_parquet(folder / "00000000.parquet", lambda f: f.assign(uid=np.arange(len(f))))
+    _fails(store, folder, r"00000000\.parquet: uid 0 \(row 0\) is not 32 lower-case hex")
+
+
+def test_face_boxes_are_kept_for_the_export(datacomp):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.pool_export.run import ExportConfig, export_shard, plan_export, publish_export
+
+    folder, store = datacomp
+    table = pq.read_table(folder / "00000000.parquet")
+    boxes = [[[0.1, 0.2, 0.3, 0.4]]] + [[] for _ in range(table.num_rows - 1)]
+    column = table.schema.get_field_index("face_bboxes")
+    table = table.set_column(column, "face_bboxes", pa.array(boxes, type=pa.list_(pa.list_(pa.float64()))))
+    pq.write_table(table, folder / "00000000.parquet")
+    out = run_import(store, "faces", str(folder), embeddings="b32")
+    catalog = Catalog(store)
+    snapshot = PoolSnapshot(catalog.pool("faces"), EmbeddingRun(out["embeddings"]), None)  # not filtered
+    with pytest.raises(InputError, match="imported with DataComp's 'b32' embeddings"):
+        plan_export(catalog, snapshot, ExportConfig(embeddings_key="l14"))
+    plan = plan_export(catalog, snapshot, ExportConfig())
+    assert plan["config"]["embeddings_key"] == "b32"  # an import keeps its own key
+    summaries = [export_shard(store, job, plan["folder"], ExportConfig(**plan["config"])) for job in plan["jobs"]]
+    exported = publish_export(catalog, plan, summaries)
+    first = pd.read_parquet(exported["outputs"]["metadata"][0]["parquet"])
+    assert [list(map(list, b)) for b in first["face_bboxes"][:2]] == [[[0.1, 0.2, 0.3, 0.4]], []]
+    source = pd.read_parquet(folder / "00000000.parquet")
+    np.testing.assert_array_equal(first["clip_l14_similarity_score"], source["clip_l14_similarity_score"].astype(np.float32))
