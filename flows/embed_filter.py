@@ -49,6 +49,12 @@ def embed_filter(store: str, pool_name: str, embedder: dict, filters: dict | Non
                                                plan["eval_embeddings"])
     embeddings = publish_embeddings_task(the_store, plan["pool"], plan["spec"], plan["embeddings"],
                                          [future.result() for future in embedded])
+    return filter_embedded(the_store, plan, embeddings, eval_embeddings)
+
+
+def filter_embedded(the_store, plan: dict, embeddings: dict, eval_embeddings: str | None) -> dict:
+    """The filter tasks over an embedding run (embedded here or imported), composed inside a flow: row-wise
+    per shard on Dask, pool-wide, then this run made the pool's latest. Returns ``{"embeddings", "filters"}``."""
     folder = filter_folder_task(the_store, plan, embeddings)
     rows = {shard["shard_id"]: rowwise_filters_task.submit(the_store, shard, plan["config"], folder, eval_embeddings)
             for shard in embeddings["outputs"]["shards"]}

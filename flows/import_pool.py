@@ -22,12 +22,12 @@ import json
 
 from prefect import flow
 
+from flows.embed_filter import filter_embedded
 from tasks.common.dask_cluster import dask_task_runner
 from tasks.common.prefect_settings import use_project_settings
 from tasks.common.prefect_support import cached_in_store, store_from
 from tasks.embed.task import embed_eval_sets_task
-from tasks.filters.task import (filter_folder_task, plan_filter_task, poolwide_filters_task, publish_latest_runs_task,
-                                rowwise_filters_task)
+from tasks.filters.task import plan_filter_task
 from tasks.pool_import.task import (check_uids_task, import_shard_task, plan_import_task, publish_import_task,
                                     shard_settings)
 
@@ -70,15 +70,7 @@ def import_pool(store: str, pool_name: str, source: str, format: str = "auto", e
     if filter_plan["eval_embeddings"]:
         eval_embeddings = embed_eval_sets_task(the_store, filter_plan["spec"], filter_plan["config"]["eval_tasklist"],
                                                filter_plan["eval_embeddings"])
-    folder = filter_folder_task(the_store, filter_plan, embedded)
-    rows = {shard["shard_id"]: rowwise_filters_task.submit(the_store, shard, filter_plan["config"], folder,
-                                                           eval_embeddings)
-            for shard in embedded["outputs"]["shards"]}
-    filtered = cached_in_store(poolwide_filters_task, the_store)(
-        the_store, embedded, {shard: future.result() for shard, future in rows.items()}, filter_plan["config"],
-        folder, filter_plan)
-    latest = publish_latest_runs_task(the_store, embedded, filtered)
-    return {"pool": pool, **latest}
+    return {"pool": pool, **filter_embedded(the_store, filter_plan, embedded, eval_embeddings)}
 
 
 def run_import_pool(store: str, pool_name: str, source: str, format: str = "auto", embeddings: str = "l14",

@@ -186,6 +186,15 @@ class Store:
         np.save(buffer, array, allow_pickle=False)
         return self.write_bytes(rel, buffer.getvalue())
 
+    def write_arrow(self, rel: str, table) -> str:
+        """Write a pyarrow table as parquet atomically; return the URI."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        return self.write_bytes(rel, sink.getvalue().to_pybytes())
+
     def write_json(self, rel: str, obj: Any) -> str:
         return self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 

@@ -40,7 +40,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.common.catalog import Catalog, EmbeddedShard, PoolSnapshot, ShardRecord
@@ -173,7 +172,7 @@ def export_shard(store: Store, job: dict, folder: str, config: ExportConfig) -> 
         **{name: columns[name] for name in columns if name != "url"},
         "sha256": exported.get("sha256"),
     })
-    store.write_bytes(files["metadata"], _parquet_bytes(metadata))
+    store.write_arrow(files["metadata"], metadata)
     return summary
 
 
@@ -214,12 +213,6 @@ def publish_export(catalog: Catalog, plan: dict, summaries: list[dict]) -> dict:
 
 
 # ----- helpers --------------------------------------------------------------------------------------
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
 def _read_columns(store: Store, uri: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> pd.DataFrame:
     """``required`` and whichever of ``optional`` the parquet at ``uri`` has; an error names a missing one."""
     with store.open(store.relative(uri)) as handle:

@@ -307,18 +307,11 @@ def _summary(store: Store, shard: dict, files: EmbeddedShard, table_path: str, r
 def write_shard(store: Store, table_path: str | None, pool_table: pa.Table | None, files: EmbeddedShard,
                 image: np.ndarray, text: np.ndarray, embed_table: pa.Table) -> None:
     """Write one imported shard: embeddings, the pool's table, and LAST the embed table (the done marker)."""
-    import pyarrow.parquet as pq
-
-    def parquet(table: pa.Table) -> bytes:
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        return sink.getvalue().to_pybytes()
-
     store.write_npy(files.image_embeddings, image)
     store.write_npy(files.text_embeddings, text)
     if table_path is not None and pool_table is not None:
-        store.write_bytes(table_path, parquet(pool_table))
-    store.write_bytes(files.parquet, parquet(embed_table))
+        store.write_arrow(table_path, pool_table)
+    store.write_arrow(files.parquet, embed_table)
 
 
 # ----- publish --------------------------------------------------------------------------------------

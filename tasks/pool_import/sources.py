@@ -297,9 +297,16 @@ def mint_uids(paths: pd.Series, captions: pd.Series) -> np.ndarray:
     return np.array([hashlib.md5(text.encode("utf-8")).hexdigest() for text in joined], dtype=object)
 
 
-def _read_parquet(uri: str, columns: list[str] | None, storage_options: dict | None) -> pd.DataFrame:
+def _read_parquet(uri: str, columns: list[str] | None, storage_options: dict | None,
+                  optional: tuple[str, ...] = ()) -> pd.DataFrame:
+    """``columns`` (all when None) and whichever of ``optional`` the file has, in one open of the file."""
+    import pyarrow.parquet as pq
+
     with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
-        return pd.read_parquet(handle, columns=columns)
+        parquet = pq.ParquetFile(handle)
+        names = set(parquet.schema_arrow.names)
+        wanted = None if columns is None else [*columns, *(name for name in optional if name in names)]
+        return parquet.read(columns=wanted).to_pandas()
 
 
 def _path_column(columns) -> str | None:
@@ -310,14 +317,10 @@ def shard_uids(format: str, shard: SourceShard, storage_options: dict | None = N
     """The shard's uids as the import will store them: read, or minted for clip-retrieval without a uid."""
     if format == "datacomp":
         return _read_parquet(shard.table, ["uid"], storage_options)["uid"].to_numpy(dtype=object)
-    import pyarrow.parquet as pq
-
-    with fsspec.open(shard.table, "rb", **(storage_options or {})) as handle:
-        names = pq.read_schema(handle).names
-    if "uid" in names:
-        return _read_parquet(shard.table, ["uid"], storage_options)["uid"].to_numpy(dtype=object)
-    path = _path_column(names)
-    frame = _read_parquet(shard.table, [path, "caption"], storage_options)
+    frame = _read_parquet(shard.table, [], storage_options, optional=("uid", "url", "image_path", "caption"))
+    if "uid" in frame:
+        return frame["uid"].to_numpy(dtype=object)
+    path = _path_column(frame.columns)
     return mint_uids(frame[path], frame["caption"])
 
 
@@ -336,12 +339,7 @@ def read_shard_data(format: str, embeddings: str, shard: SourceShard,
     """One shard's metadata (in source order) and its image and text embeddings, as stored (no copy)."""
     image_key, text_key = embedding_keys(format, embeddings)
     if format == "datacomp":
-        import pyarrow.parquet as pq
-
-        with fsspec.open(shard.table, "rb", **(storage_options or {})) as handle:
-            names = pq.read_schema(handle).names
-        frame = _read_parquet(shard.table, list(DATACOMP_COLUMNS) + ([FACE_BOXES] if FACE_BOXES in names else []),
-                              storage_options)
+        frame = _read_parquet(shard.table, list(DATACOMP_COLUMNS), storage_options, optional=(FACE_BOXES,))
         with fsspec.open(shard.image, "rb", **(storage_options or {})) as handle:
             with np.load(handle, allow_pickle=False) as arrays:
                 image, text = arrays[image_key], arrays[text_key]
