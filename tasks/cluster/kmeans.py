@@ -199,6 +199,9 @@ class KMeans:
         return compute(self.client, collections)
 
 
+MAP_REDUCE_ATTEMPTS = 3
+
+
 class Blocks:
     """The blocks of a numpy/cupy array (one block) or of a persisted Dask array, and one way to run a
     function on each of them where it is.
@@ -245,8 +248,9 @@ class Blocks:
         client = self.client
         wrapped = [client.scatter(value, broadcast=True, hash=False) if hasattr(value, "shape") else value
                    for value in shared]
+        # pinned to the block's worker, but free to run elsewhere when that worker has died (its block is recomputed)
         return [client.submit(function, block, *args, *wrapped, pure=False, workers=[worker] if worker else None,
-                              **keywords)
+                              allow_other_workers=True, **keywords)
                 for block, worker, args in zip(self.handles, self.workers, per_block)]
 
     def put(self, values: list) -> list:
@@ -272,12 +276,27 @@ class Blocks:
             while len(parts) > 1:
                 parts = [dask.delayed(combine, pure=True)(*parts[i:i + fanin]) for i in range(0, len(parts), fanin)]
             return dask.compute(parts[0])[0]
-        parts = self.map(function, *shared, per_block=per_block, **keywords)
         if self.mode == "memory":
+            parts = self.map(function, *shared, per_block=per_block, **keywords)
             return combine(*parts) if len(parts) > 1 else parts[0]
-        while len(parts) > 1:
-            parts = [self.client.submit(combine, *parts[i:i + fanin], pure=False) for i in range(0, len(parts), fanin)]
-        return parts[0].result()
+        from distributed.client import FutureCancelledError
+
+        for attempt in range(MAP_REDUCE_ATTEMPTS):
+            # a worker that dies can take scattered inputs with it, and Dask then cancels what depends on
+            # them: the whole round is submitted again (the blocks themselves are recomputed from the store)
+            parts = self.map(function, *shared, per_block=per_block, **keywords)
+            held = list(parts)  # every intermediate result stays referenced until the round is done
+            while len(parts) > 1:
+                parts = [self.client.submit(combine, *parts[i:i + fanin], pure=False)
+                         for i in range(0, len(parts), fanin)]
+                held += parts
+            try:
+                return parts[0].result()
+            except FutureCancelledError:
+                if attempt == MAP_REDUCE_ATTEMPTS - 1:
+                    raise
+            finally:
+                del held
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """The rows at sorted global ``indices`` (float32 numpy), read from the blocks that hold them."""
