@@ -12,24 +12,32 @@ against the truth, then runs the curation A/B: subsets of equal size from random
 filters, balanced sampling from the tree, MetaCLIP balancing and a composition, each trained
 with the ``tiny`` scale at equal samples seen and evaluated; their balance over the true concepts
 and the accuracies go into one table, and it prints the tables and where everything is.
+
+Every subflow result goes through ``untracked`` (tasks/common/prefect_support.py), so that the
+demo's Task Runs tab in the UI lists its tasks.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from prefect import flow
 
 from flows.curate import curate
+from flows.embed_filter import run_embed_filter
 from flows.pool_refresh import pool_refresh
 from flows.train_eval import train_eval
 from tasks.common.catalog import run_name
 from tasks.common.catalog_task import resolve_pool_task
+from tasks.common.cli import CliParser, command_line
+from tasks.common.errors import InputError
+from tasks.common.leftover_runs import crash_leftover_runs
 from tasks.common.prefect_settings import use_project_settings
-from tasks.common.prefect_support import store_from
+from tasks.common.prefect_support import store_from, untracked
+from tasks.common.store import Store
 from tasks.demo_pool.curation_ab import TRAINED_ARMS, demo_subsets
+from tasks.demo_pool.generate import DemoPoolConfig
 from tasks.demo_pool.task import (DEMO_FILTERS, check_clusters_against_truth, check_download_against_truth,
                                   check_filters_against_truth, check_subsets_against_truth, curation_ab_report,
                                   demo_config, demo_trees, generate_demo_eval_sets_task, generate_demo_pool_task,
@@ -57,6 +65,7 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
         storage_options: fsspec options for an s3:// store (no secrets: credentials come from the
             environment or a Prefect Secret block named by "credentials_block").
     """
+    crash_leftover_runs()  # a retried run: what its killed process left Running ends Crashed
     work = Path(workdir).absolute()
     store = store or str(work / "store")
     the_store = store_from(store, storage_options)
@@ -69,16 +78,18 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
     truth = str(Path(web_root) / "truth.parquet")
     try:
         download["pool_index"] = write_demo_pool_index(web_root, server.base_url, str(work / "pool_index.parquet"))
-        manifest = pool_refresh(**download)
+        manifest = untracked(pool_refresh.with_options(flow_run_name="pool-refresh-demo")(**download))
         check = check_download_against_truth(manifest, truth)
         tasklist = generate_demo_eval_sets_task(str(work / "eval"), seed)
-        baseline = train_eval(**on_store, data=manifest["outputs"]["folder"], tasklist=tasklist, scale="tiny",
-                              overrides=train_overrides, run_name="raw-pool")
+        baseline = untracked(train_eval(**on_store, data=manifest["outputs"]["folder"], tasklist=tasklist,
+                                        scale="tiny", overrides=train_overrides, run_name="raw-pool"))
         long_tail = long_tail_report(the_store, baseline["evaluation"], resolve_pool_task(the_store, "demo"), truth)
         # The model trained on the raw pool is the embedder of the pool (no weights can be downloaded here).
         embedder = {"model": baseline["train"]["config"]["model"],
                     "checkpoint": baseline["train"]["outputs"]["checkpoint"]}
-        curated = pool_refresh(**download, embedder=embedder, filters={**DEMO_FILTERS, "eval_tasklist": tasklist})
+        # embed and filter only: a second pool_refresh would publish the same download (and its artifacts) again
+        curated = untracked(run_embed_filter(store, "demo", embedder, {**DEMO_FILTERS, "eval_tasklist": tasklist},
+                                             dask_address, storage_options))
     finally:
         server.stop()
     filter_check = check_filters_against_truth(the_store, curated["filters"], truth)
@@ -86,15 +97,17 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
     recipes = demo_subsets(kept)
     trees, subsets = {}, {}
     for name, clustering in demo_trees(kept).items():
-        out = curate(**on_store, pool_name="demo", clustering={**clustering, "seed": seed}, subsets=recipes[name],
-                     dask_address=dask_address)
+        out = untracked(curate.with_options(flow_run_name=f"curate-demo-{name}")(
+            **on_store, pool_name="demo", clustering={**clustering, "seed": seed}, subsets=recipes[name],
+            dask_address=dask_address))
         trees[name] = out["tree"]
         subsets.update(out["subsets"])
     cluster_check = check_clusters_against_truth(the_store, trees, truth)
     snapshot = resolve_pool_task(the_store, "demo")  # the filtered pool the subsets were made from
     balance = check_subsets_against_truth(the_store, snapshot, subsets, truth)
-    arms = {name: train_eval(**on_store, data=subsets[name]["outputs"]["folder"], tasklist=tasklist, scale="tiny",
-                             overrides={**AB_TRAINING, **(train_overrides or {})}, run_name=run_name("ab", name))
+    arms = {name: untracked(train_eval(**on_store, data=subsets[name]["outputs"]["folder"], tasklist=tasklist,
+                                       scale="tiny", overrides={**AB_TRAINING, **(train_overrides or {})},
+                                       run_name=run_name("ab", name)))
             for name in TRAINED_ARMS}
     ab = curation_ab_report(the_store, snapshot, {name: arm["evaluation"] for name, arm in arms.items()}, balance,
                             truth)
@@ -121,15 +134,29 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
     return outputs
 
 
+def check_demo(workdir: str, store: str, n_samples: int, seed: int) -> None:
+    """What ``main`` checks before Prefect or Dask start: the demo pool's settings (as its generator checks
+    them), a working folder that can be made, and a store that takes writes."""
+    DemoPoolConfig(**demo_config(n_samples, seed)).validate()
+    work = Path(workdir).absolute()
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"workdir {str(work)!r}: cannot be made: {exc.strerror or exc}") from None
+    Store(store or str(work / "store")).check_writable()
+
+
+@command_line
 def main(argv: list[str] | None = None) -> None:
     use_project_settings()  # prefect.toml, also when started from another folder
-    parser = argparse.ArgumentParser(description="Run the demo pipeline on the generated web pool.")
+    parser = CliParser(prog="python -m flows.demo", description="Run the demo pipeline on the generated web pool.")
     parser.add_argument("--workdir", default=".demo")
     parser.add_argument("--store", default="")
     parser.add_argument("--n-samples", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dask-address", default="", help="existing Dask scheduler; default: a local cluster")
     args = parser.parse_args(argv)
+    check_demo(args.workdir, args.store, args.n_samples, args.seed)
     demo(workdir=args.workdir, store=args.store, n_samples=args.n_samples, seed=args.seed,
          dask_address=args.dask_address)
 

@@ -10,20 +10,25 @@ given an embedder.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from prefect import flow
 
+from tasks.common.catalog import Catalog
+from tasks.common.cli import CliParser, command_line
 from tasks.common.dask_cluster import dask_task_runner
+from tasks.common.leftover_runs import crash_leftover_runs
 from tasks.common.prefect_settings import use_project_settings
 from tasks.common.prefect_support import cached_in_store, store_from
-from tasks.embed.task import embed_eval_sets_task, embed_shard_task, publish_embeddings_task
-from tasks.filters.task import (filter_folder_task, plan_embed_filter_task, poolwide_filters_task,
+from tasks.common.store import Store
+from tasks.embed.spec import EmbedderSpec
+from tasks.embed.task import embed_eval_sets_task, embed_shard_task, embedded_shards, publish_embeddings_task
+from tasks.filters.plan import check_filters, plan_embed_filter, tasklist_hash
+from tasks.filters.task import (filter_run_task, plan_embed_filter_task, poolwide_filters_task,
                                 publish_latest_runs_task, rowwise_filters_task)
 
 
-@flow(name="embed_filter", log_prints=True, task_runner=dask_task_runner())
+@flow(name="embed_filter", flow_run_name="embed-filter-{pool_name}", log_prints=True, task_runner=dask_task_runner())
 def embed_filter(store: str, pool_name: str, embedder: dict, filters: dict | None = None,
                  storage_options: dict | None = None) -> dict:
     """Embed every downloaded sample of the pool and decide, per filter, which to keep.
@@ -39,6 +44,7 @@ def embed_filter(store: str, pool_name: str, embedder: dict, filters: dict | Non
     Returns:
         {"embeddings": the embedding stage's manifest, "filters": the filter stage's manifest}.
     """
+    crash_leftover_runs()  # a retried run: what its killed process left Running ends Crashed
     the_store = store_from(store, storage_options)
     plan = plan_embed_filter_task(the_store, pool_name, embedder, filters)  # the pool, resolved once
     embed = cached_in_store(embed_shard_task, the_store)
@@ -48,18 +54,25 @@ def embed_filter(store: str, pool_name: str, embedder: dict, filters: dict | Non
         eval_embeddings = embed_eval_sets_task(the_store, plan["spec"], plan["config"]["eval_tasklist"],
                                                plan["eval_embeddings"])
     embeddings = publish_embeddings_task(the_store, plan["pool"], plan["spec"], plan["embeddings"],
-                                         [future.result() for future in embedded])
+                                         embedded_shards(embedded, plan["shards"], the_store, pool_name))
     return filter_embedded(the_store, plan, embeddings, eval_embeddings)
 
 
 def filter_embedded(the_store, plan: dict, embeddings: dict, eval_embeddings: str | None) -> dict:
     """The filter tasks over an embedding run (embedded here or imported), composed inside a flow: row-wise
-    per shard on Dask, pool-wide, then this run made the pool's latest. Returns ``{"embeddings", "filters"}``."""
-    folder = filter_folder_task(the_store, plan, embeddings)
-    rows = {shard["shard_id"]: rowwise_filters_task.submit(the_store, shard, plan["config"], folder, eval_embeddings)
+    per shard on Dask, pool-wide, then this run made the pool's latest. Returns ``{"embeddings", "filters"}``.
+
+    On a grown pool whose previous version was filtered with the same settings, the run is
+    incremental (tasks/filters/plan.py): old shards' row-wise decisions are copied and the
+    pool-wide filters treat the new shards against the old ones; the filter manifest's
+    ``stats["incremental"]`` says what was reused and which old decisions changed."""
+    run = filter_run_task(the_store, plan, embeddings)
+    rows = {shard["shard_id"]: rowwise_filters_task.submit(the_store, shard, plan["config"], run["folder"],
+                                                           eval_embeddings, run["reuse"].get(shard["shard_id"]))
             for shard in embeddings["outputs"]["shards"]}
     filtered = cached_in_store(poolwide_filters_task, the_store)(
-        the_store, embeddings, {shard: future.result() for shard, future in rows.items()}, plan["config"], folder, plan)
+        the_store, embeddings, {shard: future.result() for shard, future in rows.items()}, plan["config"],
+        run["folder"], plan, run["previous"])
     return publish_latest_runs_task(the_store, embeddings, filtered)
 
 
@@ -70,9 +83,27 @@ def run_embed_filter(store: str, pool_name: str, embedder: dict, filters: dict |
         store=store, pool_name=pool_name, embedder=embedder, filters=filters, storage_options=storage_options)
 
 
+def check_embedder_and_filters(store: Store, embedder: dict, filters: dict | None) -> None:
+    """The embedder (its settings, an open_clip model config, a checkpoint file that exists) and the
+    filter settings (with the evaluation task list they name), checked as the embedding plan checks
+    them, for a command line before the pool exists (:func:`check_embed_filter` once it does)."""
+    spec = EmbedderSpec.from_dict(embedder)
+    config = check_filters(filters, embedder, store.fsspec_options() if "://" in spec.checkpoint else None)
+    tasklist_hash(config, store.options_for(config.eval_tasklist))
+
+
+def check_embed_filter(store: Store, pool_name: str, embedder: dict, filters: dict | None) -> None:
+    """What ``main`` checks before Prefect or Dask start: the pool exists, and the plan the flow's first
+    task makes (:func:`~tasks.filters.plan.plan_embed_filter`: embedder, filters, task list) is made."""
+    EmbedderSpec.from_dict(embedder)
+    catalog = Catalog(store)
+    plan_embed_filter(catalog, catalog.pool(pool_name), embedder, filters)
+
+
+@command_line
 def main(argv: list[str] | None = None) -> None:
     use_project_settings()  # prefect.toml, also when started from another folder
-    parser = argparse.ArgumentParser(description="Embed a downloaded pool, then filter it.")
+    parser = CliParser(prog="python -m flows.embed_filter", description="Embed a downloaded pool, then filter it.")
     parser.add_argument("--store", required=True)
     parser.add_argument("--pool-name", required=True)
     parser.add_argument("--model", required=True, help="open_clip architecture, e.g. ViT-L-14")
@@ -83,9 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from tasks.common.options import json_option
 
-    out = run_embed_filter(args.store, args.pool_name, {"model": args.model, "checkpoint": args.checkpoint,
-                                                        "caption_model": args.caption_model},
-                           json_option("--filters", args.filters), args.dask_address)
+    embedder = {"model": args.model, "checkpoint": args.checkpoint, "caption_model": args.caption_model}
+    filters = json_option("--filters", args.filters)
+    check_embed_filter(Store(args.store), args.pool_name, embedder, filters)
+    out = run_embed_filter(args.store, args.pool_name, embedder, filters, args.dask_address)
     print(json.dumps(out["filters"]["stats"], indent=2))
 
 

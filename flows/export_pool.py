@@ -14,20 +14,23 @@ unfinished shards.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from prefect import flow
 
+from tasks.common.catalog import Catalog
 from tasks.common.catalog_task import resolve_pool_task
+from tasks.common.cli import CliParser, command_line
 from tasks.common.dask_cluster import dask_task_runner
+from tasks.common.leftover_runs import crash_leftover_runs
 from tasks.common.prefect_settings import use_project_settings
 from tasks.common.prefect_support import cached_in_store, store_from
-from tasks.pool_export.run import ExportConfig
+from tasks.common.store import Store
+from tasks.pool_export.run import ExportConfig, plan_export
 from tasks.pool_export.task import export_shard_task, plan_export_task, publish_export_task
 
 
-@flow(name="export_pool", log_prints=True, task_runner=dask_task_runner())
+@flow(name="export_pool", log_prints=True, task_runner=dask_task_runner(), flow_run_name="export-{pool_name}")
 def export_pool(store: str, pool_name: str, embeddings_key: str = "", shards: bool = False,
                 storage_options: dict | None = None) -> dict:
     """Export the pool's embedded samples as DataComp metadata (parquet + npz), and optionally its shards.
@@ -45,6 +48,7 @@ def export_pool(store: str, pool_name: str, embeddings_key: str = "", shards: bo
     Returns:
         The export stage's manifest (outputs: folder, metadata files per shard, shards, sizes).
     """
+    crash_leftover_runs()  # a retried run: what its killed process left Running ends Crashed
     config = ExportConfig(embeddings_key=embeddings_key, shards=shards).to_dict()  # bad settings fail here
     the_store = store_from(store, storage_options)
     snapshot = resolve_pool_task(the_store, pool_name)
@@ -62,10 +66,19 @@ def run_export_pool(store: str, pool_name: str, embeddings_key: str = "", shards
         storage_options=storage_options)
 
 
+def check_export_pool(store: Store, pool_name: str, embeddings_key: str = "", shards: bool = False) -> None:
+    """What ``main`` checks before Prefect or Dask start: the export's plan
+    (:func:`~tasks.pool_export.run.plan_export`: the settings, a pool with embeddings, tars for ``shards``),
+    made from the pool as the store resolves it now, as the flow's first tasks make it."""
+    catalog = Catalog(store)
+    plan_export(catalog, catalog.snapshot(pool_name), ExportConfig(embeddings_key=embeddings_key, shards=shards))
+
+
+@command_line
 def main(argv: list[str] | None = None) -> None:
     use_project_settings()  # prefect.toml, also when started from another folder
-    parser = argparse.ArgumentParser(description="Export a pool in DataComp's layout (metadata parquet + npz, "
-                                                 "optionally the shards).")
+    parser = CliParser(prog="python -m flows.export_pool", description="Export a pool in DataComp's layout (metadata "
+                                                                       "parquet + npz, optionally the shards).")
     parser.add_argument("--store", required=True)
     parser.add_argument("--pool-name", required=True)
     parser.add_argument("--embeddings-key", default="", choices=["", "l14", "b32"],
@@ -74,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", action="store_true", help="also lay out the webdataset shards (downloaded pools)")
     parser.add_argument("--dask-address", default="")
     args = parser.parse_args(argv)
+    check_export_pool(Store(args.store), args.pool_name, args.embeddings_key, args.shards)
     out = run_export_pool(args.store, args.pool_name, args.embeddings_key, args.shards, args.dask_address)
     print(json.dumps({"folder": out["outputs"]["folder"], "rows": out["rows"],
                       "not_exported": out["stats"]["not_exported"]}, indent=2))

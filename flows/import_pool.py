@@ -17,22 +17,28 @@ all cache hits.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from prefect import flow
 
 from flows.embed_filter import filter_embedded
+from tasks.common.catalog import Catalog
+from tasks.common.cli import CliParser, command_line
 from tasks.common.dask_cluster import dask_task_runner
+from tasks.common.leftover_runs import crash_leftover_runs
 from tasks.common.prefect_settings import use_project_settings
 from tasks.common.prefect_support import cached_in_store, store_from
+from tasks.common.store import Store
+from tasks.embed.spec import EmbedderSpec
 from tasks.embed.task import embed_eval_sets_task
+from tasks.filters.plan import check_filters, tasklist_hash
 from tasks.filters.task import plan_filter_task
+from tasks.pool_import.run import plan_import
 from tasks.pool_import.task import (check_uids_task, import_shard_task, plan_import_task, publish_import_task,
                                     shard_settings)
 
 
-@flow(name="import_pool", log_prints=True, task_runner=dask_task_runner())
+@flow(name="import_pool", log_prints=True, task_runner=dask_task_runner(), flow_run_name="import-{pool_name}")
 def import_pool(store: str, pool_name: str, source: str, format: str = "auto", embeddings: str = "l14",
                 filters: dict | None = None, embedder: dict | None = None,
                 storage_options: dict | None = None) -> dict:
@@ -57,6 +63,7 @@ def import_pool(store: str, pool_name: str, source: str, format: str = "auto", e
     Returns:
         {"pool": the pool manifest, "embeddings": the embedding run's, "filters": the filter run's}.
     """
+    crash_leftover_runs()  # a retried run: what its killed process left Running ends Crashed
     the_store = store_from(store, storage_options)
     plan = plan_import_task(the_store, pool_name, source, format, embeddings, filters, embedder)
     cached_in_store(check_uids_task, the_store).submit(the_store, plan).result()  # before anything is written
@@ -82,10 +89,23 @@ def run_import_pool(store: str, pool_name: str, source: str, format: str = "auto
         embedder=embedder, storage_options=storage_options)
 
 
+def check_import_pool(store: Store, pool_name: str, source: str, format: str = "auto", embeddings: str = "l14",
+                      filters: dict | None = None, embedder: dict | None = None) -> None:
+    """What ``main`` checks before Prefect or Dask start: the filter settings (with their task list) and
+    the embedder, then the import's plan (:func:`~tasks.pool_import.run.plan_import`: the pool's name,
+    the format, every source shard's header), as the flow's first task makes them."""
+    spec = EmbedderSpec.from_dict(embedder) if embedder else None
+    config = check_filters(filters, embedder, store.fsspec_options() if spec and "://" in spec.checkpoint else None)
+    tasklist_hash(config, store.options_for(config.eval_tasklist))
+    plan_import(Catalog(store), pool_name, source, format, embeddings)
+
+
+@command_line
 def main(argv: list[str] | None = None) -> None:
     use_project_settings()  # prefect.toml, also when started from another folder
-    parser = argparse.ArgumentParser(description="Import a pool that arrives embedded (DataComp metadata or "
-                                                 "clip-retrieval output), then filter it.")
+    parser = CliParser(prog="python -m flows.import_pool",
+                       description="Import a pool that arrives embedded (DataComp metadata or clip-retrieval output), "
+                                   "then filter it.")
     parser.add_argument("--store", required=True)
     parser.add_argument("--pool-name", required=True)
     parser.add_argument("--source", required=True, help="folder to import, local or s3://")
@@ -97,9 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from tasks.common.options import json_option
 
-    out = run_import_pool(args.store, args.pool_name, args.source, args.format, args.embeddings,
-                          json_option("--filters", args.filters),
-                          json_option("--embedder", args.embedder) if args.embedder else None,
+    filters = json_option("--filters", args.filters)
+    embedder = json_option("--embedder", args.embedder) if args.embedder else None
+    check_import_pool(Store(args.store), args.pool_name, args.source, args.format, args.embeddings, filters, embedder)
+    out = run_import_pool(args.store, args.pool_name, args.source, args.format, args.embeddings, filters, embedder,
                           dask_address=args.dask_address)
     print(json.dumps({"pool": out["pool"]["outputs"]["folder"], "rows": out["pool"]["rows"],
                       "filters": out["filters"]["stats"]}, indent=2))

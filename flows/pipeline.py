@@ -10,21 +10,24 @@ preemption or a pool refresh that changed nothing) skips what is finished and re
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from prefect import flow
 
-from flows.curate import curate
-from flows.pool_refresh import pool_refresh
-from flows.train_eval import train_eval
+from flows.curate import check_curate_settings, curate
+from flows.pool_refresh import check_pool_refresh, pool_refresh
+from flows.train_eval import check_training_settings, train_eval
 from tasks.common.catalog import run_name
+from tasks.common.cli import CliParser, command_line
 from tasks.common.errors import InputError
+from tasks.common.leftover_runs import crash_leftover_runs
 from tasks.common.prefect_settings import use_project_settings
+from tasks.common.prefect_support import untracked
+from tasks.common.store import Store
 from tasks.sample.run import SubsetConfig
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", log_prints=True, flow_run_name="pipeline-{pool_name}")
 def pipeline(pool_index: str, store: str, tasklist: str, embedder: dict, subsets: dict, pool_name: str = "pool",
              download: dict | None = None, filters: dict | None = None, clustering: dict | None = None,
              scale: str = "small", train_overrides: dict | None = None, dask_address: str = "",
@@ -49,25 +52,30 @@ def pipeline(pool_index: str, store: str, tasklist: str, embedder: dict, subsets
             clustering and matching.
         storage_options: fsspec options for an s3:// store.
     """
+    crash_leftover_runs()  # a retried run: what its killed process left Running ends Crashed
     if not subsets:
         raise InputError("pipeline: subsets is empty; name at least one recipe, e.g. {\"balanced\": "
                          "[{\"step\": \"hkmeans\", \"target\": 100000}]}")
     subsets = {name: SubsetConfig.from_dict(recipe).to_dict() for name, recipe in subsets.items()}  # fail early
-    refreshed = pool_refresh(pool_index=pool_index, store=store, pool_name=pool_name, embedder=embedder,
-                             filters=filters, dask_address=dask_address, storage_options=storage_options,
-                             **(download or {}))
-    curated = curate(store=store, pool_name=pool_name, clustering=clustering, subsets=subsets,
-                     dask_address=dask_address, storage_options=storage_options)
-    results = {name: train_eval(store=store, data=manifest["outputs"]["folder"], tasklist=tasklist, scale=scale,
-                                overrides=train_overrides, run_name=run_name(pool_name, name),
-                                storage_options=storage_options)
+    # untracked: so that the run's Task Runs tab in the UI lists its runs (see tasks/common/prefect_support.py)
+    refreshed = untracked(pool_refresh.with_options(flow_run_name=f"pool-refresh-{pool_name}")(
+        pool_index=pool_index, store=store, pool_name=pool_name, embedder=embedder, filters=filters,
+        dask_address=dask_address, storage_options=storage_options, **(download or {})))
+    curated = untracked(curate.with_options(flow_run_name=f"curate-{pool_name}")(
+        store=store, pool_name=pool_name, clustering=clustering, subsets=subsets, dask_address=dask_address,
+        storage_options=storage_options))
+    results = {name: untracked(train_eval(store=store, data=manifest["outputs"]["folder"], tasklist=tasklist,
+                                          scale=scale, overrides=train_overrides, run_name=run_name(pool_name, name),
+                                          storage_options=storage_options))
                for name, manifest in curated["subsets"].items() if "shards" in manifest["outputs"]}
     return {"pool": refreshed, "tree": curated["tree"], "subsets": curated["subsets"], "results": results}
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     use_project_settings()  # prefect.toml, also when started from another folder
-    parser = argparse.ArgumentParser(description="pool_refresh, curate, then train_eval on every subset.")
+    parser = CliParser(prog="python -m flows.pipeline",
+                       description="pool_refresh, curate, then train_eval on every subset.")
     parser.add_argument("--pool-index", required=True)
     parser.add_argument("--store", required=True)
     parser.add_argument("--pool-name", default="pool")
@@ -80,9 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.common.options import json_option, parse_overrides
 
     subsets = parse_overrides(args.subset, "--subset")  # NAME=[steps...], NAME={...} or NAME=datacomp:<baseline>
-    out = pipeline(pool_index=args.pool_index, store=args.store, tasklist=args.tasklist,
-                   embedder=json_option("--embedder", args.embedder), subsets=subsets, pool_name=args.pool_name, scale=args.scale,
-                   dask_address=args.dask_address)
+    embedder = json_option("--embedder", args.embedder)
+    store = Store(args.store)  # the checks each stage's flow runs first, all before Prefect starts
+    check_curate_settings(None, subsets)
+    check_training_settings(store, args.tasklist, args.scale, None, run_name(args.pool_name))
+    check_pool_refresh(store, args.pool_index, args.pool_name, embedder=embedder)
+    out = pipeline(pool_index=args.pool_index, store=args.store, tasklist=args.tasklist, embedder=embedder,
+                   subsets=subsets, pool_name=args.pool_name, scale=args.scale, dask_address=args.dask_address)
     print(json.dumps({name: result["eval"] for name, result in out["results"].items()}, indent=2))
 
 

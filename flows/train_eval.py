@@ -10,17 +10,21 @@ retrieval sets, skipping tasks already in the results.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from prefect import flow, task
 
-from tasks.common.catalog import Catalog
+from tasks.common.catalog import Catalog, check_name
+from tasks.common.cli import CliParser, command_line
 from tasks.common.errors import InputError
+from tasks.common.leftover_runs import crash_leftover_runs
 from tasks.common.prefect_settings import use_project_settings
 from tasks.common.prefect_support import RETRY_DELAYS, cached_in_store, retry_unless_input_error, store_from
 from tasks.common.store import Store
+from tasks.evaluate.eval_sets import read_tasklist
 from tasks.evaluate.task import evaluate_task
+from tasks.train.run import training_data
+from tasks.train.scales import scale_config
 from tasks.train.task import train_clip_task
 
 
@@ -48,7 +52,7 @@ def read_data_manifest(store: Store, data: str) -> dict:
     raise InputError(f"data: no manifest at {data!r} (looked at {', '.join(candidates)})")
 
 
-@flow(name="train_eval", log_prints=True)
+@flow(name="train_eval", log_prints=True, flow_run_name="train-eval-{run_name}")
 def train_eval(store: str, data: str, tasklist: str, scale: str = "tiny", overrides: dict | None = None,
                run_name: str = "clip", storage_options: dict | None = None) -> dict:
     """Train a CLIP model on ``data`` and evaluate it on ``tasklist``.
@@ -65,16 +69,36 @@ def train_eval(store: str, data: str, tasklist: str, scale: str = "tiny", overri
     Returns:
         {"train": the training manifest, "eval": the evaluation summary, "evaluation": its manifest}.
     """
+    crash_leftover_runs()  # a retried run: what its killed process left Running ends Crashed
     the_store = store_from(store, storage_options)
+    check_training_settings(the_store, tasklist, scale, overrides, run_name)  # before hours of training
     manifest = read_data_manifest(the_store, data)
     trained = cached_in_store(train_clip_task, the_store)(the_store, manifest, scale, overrides, run_name)
     evaluation = cached_in_store(evaluate_task, the_store)(the_store, trained, tasklist, run_name)
     return {"train": trained, "eval": evaluation["stats"], "evaluation": evaluation}
 
 
+def check_training_settings(store: Store, tasklist: str, scale: str, overrides: dict | None, run_name: str) -> None:
+    """The settings of ``train_eval`` that need no training data, checked as its tasks check them: the run's
+    name, the scale with its overrides, and the evaluation task list (read and parsed, before hours of training)."""
+    check_name(run_name, "run_name")
+    scale_config(scale, overrides)
+    read_tasklist(tasklist, None, store.options_for(tasklist))
+
+
+def check_train_eval(store: Store, data: str, tasklist: str, scale: str, overrides: dict | None,
+                     run_name: str) -> None:
+    """What ``main`` checks before Prefect starts: :func:`check_training_settings`, and the data's manifest
+    found and listing shards to train on."""
+    check_training_settings(store, tasklist, scale, overrides, run_name)
+    training_data(read_data_manifest.fn(store, data))
+
+
+@command_line
 def main(argv: list[str] | None = None) -> None:
     use_project_settings()  # prefect.toml, also when started from another folder
-    parser = argparse.ArgumentParser(description="Train CLIP on a manifest's shards and evaluate it.")
+    parser = CliParser(prog="python -m flows.train_eval",
+                       description="Train CLIP on a manifest's shards and evaluate it.")
     parser.add_argument("--store", required=True)
     parser.add_argument("--data", required=True, help="pool or subset manifest (URI or path in the store)")
     parser.add_argument("--tasklist", required=True)
@@ -86,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.common.options import parse_overrides
 
     overrides = parse_overrides(args.override)
+    check_train_eval(Store(args.store), args.data, args.tasklist, args.scale, overrides, args.run_name)
     out = train_eval(store=args.store, data=args.data, tasklist=args.tasklist, scale=args.scale,
                      overrides=overrides or None, run_name=args.run_name)
     print(json.dumps(out["eval"], indent=2))

@@ -156,6 +156,73 @@ def _normalise_block(block):
     return normalise_rows(block, "a block of the input").astype(block.dtype, copy=False)
 
 
+def check_levels(levels, metric: str = "cosine", auto_split_from: int = AUTO_SPLIT_FROM) -> list[LevelSpec]:
+    """The tree's levels checked whole, before any level runs; an InputError names the level and setting.
+
+    Each level: ``k`` and the other counts whole numbers, ``k >= 1``, no negative count, a known
+    resampling, ``split`` on level 1 only. The tree: every level has fewer clusters than the level
+    below asks for (``k * split`` for a split level 1), since a level that does not shrink groups
+    nothing. Whether level 1's ``k`` fits the
+    samples is :func:`check_level_k`, once their number is known.
+    """
+    if not isinstance(levels, (list, tuple)) or not levels:
+        raise InputError(f"levels: expected a non-empty list of levels, e.g. [1000, {{\"k\": 100, "
+                         f"\"resampling_steps\": 10}}], got {levels!r}")
+    specs = []
+    for number, value in enumerate(levels, 1):
+        where = f"levels[{number - 1}]"
+        if not (isinstance(value, (LevelSpec, dict)) or _whole(value)):
+            raise InputError(f"level {number}: expected k (a whole number) or an object of settings, got {value!r} "
+                             f"({where})")
+        if isinstance(value, dict) and "k" not in value and not set(value) - set(LevelSpec.__dataclass_fields__):
+            raise InputError(f"level {number}: no k given ({where}.k)")
+        spec = LevelSpec.from_value(value)
+        for name in ("k", "resampling_steps", "points_per_cluster", "split"):
+            if not _whole(getattr(spec, name)):
+                raise InputError(f"level {number}: {name}={getattr(spec, name)!r} must be a whole number "
+                                 f"({where}.{name})")
+        if spec.k < 1:
+            raise InputError(f"level {number}: k={spec.k} must be at least 1 ({where}.k)")
+        if spec.resampling not in RESAMPLING:
+            raise InputError(f"level {number}: resampling={spec.resampling!r}: expected closest or random "
+                             f"({where}.resampling)")
+        if spec.resampling_steps < 0 or spec.points_per_cluster < 0 or spec.split < 0:
+            raise InputError(f"level {number}: resampling_steps, points_per_cluster and split must not be negative "
+                             f"({where})")
+        if spec.split and number > 1:
+            raise InputError(f"level {number}: split={spec.split} is only for level 1 ({where}.split)")
+        specs.append(spec)
+    if metric not in METRICS:
+        raise InputError(f"metric={metric!r}: expected cosine or l2")
+    if not _whole(auto_split_from) or auto_split_from < 0:
+        raise InputError(f"auto_split_from={auto_split_from}: must be 0 (never split by default) or positive")
+    below = _level1_clusters(specs[0])
+    for number, spec in enumerate(specs[1:], 2):
+        check_level_k(number, spec.k, below)
+        if spec.k == below:
+            raise InputError(f"level {number}: k={spec.k} does not shrink the tree: level {number - 1} has "
+                             f"{below} centroids, each would be a cluster of its own; lower levels[{number - 1}].k")
+        below = spec.k
+    return specs
+
+
+def check_level_k(number: int, k: int, n_inputs: int) -> None:
+    """Level ``number``'s ``k`` is no larger than its ``n_inputs`` inputs (samples for level 1)."""
+    if k > n_inputs:
+        where = "samples" if number == 1 else f"centroids of level {number - 1}"
+        raise InputError(f"level {number}: k={k} is larger than its {n_inputs} inputs ({where}); "
+                         f"lower levels[{number - 1}].k")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _level1_clusters(level1: LevelSpec) -> int:
+    """The clusters level 1 asks for: ``k``, or ``k * split`` (at most) for a split level."""
+    return level1.k * level1.split if level1.split else level1.k
+
+
 class HierarchicalKMeans:
     """Hierarchical k-means with resampling; ``fit`` returns self with ``levels_``."""
 
@@ -163,22 +230,7 @@ class HierarchicalKMeans:
                  max_iter: int = 50, tol: float = 1e-4, seed: int = 0, client=None,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS, checkpoints: Checkpoints | None = None,
                  on_step=None, auto_split_from: int = AUTO_SPLIT_FROM):
-        if not levels:
-            raise InputError("levels: at least one level is needed")
-        self.levels = [LevelSpec.from_value(v) for v in levels]
-        for number, spec in enumerate(self.levels, 1):
-            if spec.k < 1:
-                raise InputError(f"level {number}: k={spec.k} must be at least 1 (levels[{number - 1}].k)")
-            if spec.resampling not in RESAMPLING:
-                raise InputError(f"level {number}: resampling={spec.resampling!r}: expected closest or random")
-            if spec.resampling_steps < 0 or spec.points_per_cluster < 0 or spec.split < 0:
-                raise InputError(f"level {number}: resampling_steps, points_per_cluster and split must not be negative")
-            if spec.split and number > 1:
-                raise InputError(f"level {number}: split={spec.split} is only for level 1 (levels[{number - 1}].split)")
-        if metric not in METRICS:
-            raise InputError(f"metric={metric!r}: expected cosine or l2")
-        if auto_split_from < 0:
-            raise InputError(f"auto_split_from={auto_split_from}: must be 0 (never split by default) or positive")
+        self.levels = check_levels(levels, metric, auto_split_from)
         self.auto_split_from = auto_split_from
         self.metric = metric
         self.engine = engine
@@ -255,11 +307,7 @@ class HierarchicalKMeans:
 
     @staticmethod
     def _check_k(number: int, spec: LevelSpec, inputs) -> None:
-        n_inputs = int(inputs.shape[0])
-        if spec.k > n_inputs:
-            where = "samples" if number == 1 else f"centroids of level {number - 1}"
-            raise InputError(f"level {number}: k={spec.k} is larger than its {n_inputs} inputs ({where}); "
-                             f"lower levels[{number - 1}].k")
+        check_level_k(number, spec.k, int(inputs.shape[0]))
 
     def _fit_level(self, number: int, spec: LevelSpec, inputs) -> ClusterLevel:
         n_inputs = int(inputs.shape[0])

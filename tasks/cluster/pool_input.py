@@ -4,8 +4,9 @@ In:  the store and a resolved :class:`~tasks.common.catalog.PoolSnapshot` whose 
      filter runs exist (joined on shard ids: each shard's embeddings with its decisions).
 Out: :class:`PoolEmbeddings`: per shard the embeddings file, the decisions file, its row and kept
      counts; :meth:`PoolEmbeddings.as_dask_array`, one block per shard holding only the kept rows;
-     :meth:`PoolEmbeddings.write_uids`, the ``uid`` of every kept sample in order, written to the
-     store one shard at a time. Only ``.npy`` headers and the ``keep`` column are read here; the
+     :meth:`PoolEmbeddings.write_uids`, the ``uid`` of every kept sample in order with its
+     ``shard_id`` and ``row`` in that shard (what lets a grown pool's samples be matched with a
+     tree's inputs: :mod:`tasks.cluster.assign`), written to the store one shard at a time. Only ``.npy`` headers and the ``keep`` column are read here; the
      embeddings themselves are read by the Dask workers. Nothing here grows with the pool but the
      list of shards.
 """
@@ -16,10 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tasks.common.catalog import PoolSnapshot
 from tasks.common.errors import InputError, StageFailed
 from tasks.common.store import Store
+
+INPUTS_SCHEMA = pa.schema([("uid", pa.string()), ("shard_id", pa.string()), ("row", pa.int64())])
 
 
 @dataclass(frozen=True)
@@ -43,27 +47,16 @@ class PoolEmbeddings:
         return int(sum(s.kept for s in self.shards))
 
     def write_uids(self, target: str) -> str:
-        """The kept samples' uids, in block order, as a parquet file at ``target`` (one row group per shard)."""
-        import os
-        import tempfile
+        """The kept samples' ``uid``, ``shard_id`` and ``row``, in block order, as a parquet file at
+        ``target`` (one row group per shard)."""
+        def pieces():
+            for shard in self.shards:
+                with self.store.open(shard.decisions) as handle:
+                    frame = pd.read_parquet(handle, columns=["uid", "keep"])
+                rows = np.flatnonzero(frame["keep"].to_numpy(dtype=bool))
+                yield inputs_table(frame["uid"].to_numpy()[rows], shard.shard_id, rows)
 
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        schema = pa.schema([("uid", pa.string())])
-        fd, local = tempfile.mkstemp(suffix=".parquet")
-        os.close(fd)
-        try:
-            with pq.ParquetWriter(local, schema) as writer:
-                for shard in self.shards:
-                    with self.store.open(shard.decisions) as handle:
-                        frame = pd.read_parquet(handle, columns=["uid", "keep"])
-                    uids = frame["uid"].to_numpy()[frame["keep"].to_numpy(dtype=bool)].astype(str)
-                    writer.write_table(pa.table({"uid": pa.array(uids, type=pa.string())}, schema=schema))
-            return self.store.put_file(local, target, move=True)
-        finally:
-            if os.path.exists(local):
-                os.remove(local)
+        return write_inputs(self.store, target, pieces())
 
     def as_dask_array(self):
         import dask
@@ -75,6 +68,33 @@ class PoolEmbeddings:
         if not blocks:
             raise InputError("pool embeddings: the filters kept no sample; nothing to cluster")
         return da.concatenate(blocks, axis=0)
+
+
+def inputs_table(uids: np.ndarray, shard: str, rows: np.ndarray):
+    """One shard's piece of a tree's ``inputs.parquet``: its inputs' uids, shard id and rows."""
+    return pa.table({"uid": pa.array(np.asarray(uids).astype(str), type=pa.string()),
+                     "shard_id": pa.array(np.full(len(rows), shard, dtype=object), type=pa.string()),
+                     "row": pa.array(np.asarray(rows, dtype=np.int64))}, schema=INPUTS_SCHEMA)
+
+
+def write_inputs(store: Store, target: str, pieces) -> str:
+    """A tree's ``inputs.parquet`` at ``target`` from :func:`inputs_table` pieces, one row group each,
+    written locally and moved into the store whole (never half-written there)."""
+    import os
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    fd, local = tempfile.mkstemp(suffix=".parquet")
+    os.close(fd)
+    try:
+        with pq.ParquetWriter(local, INPUTS_SCHEMA) as writer:
+            for piece in pieces:
+                writer.write_table(piece)
+        return store.put_file(local, target, move=True)
+    finally:
+        if os.path.exists(local):
+            os.remove(local)
 
 
 def npy_header(store: Store, rel: str) -> tuple[tuple[int, ...], np.dtype]:

@@ -5,18 +5,19 @@ In:  the catalog, a resolved pool snapshot (its embedding and filter runs), a
      workers shard by shard).
 Out: the tree folder (:meth:`~tasks.common.catalog.Catalog.tree_folder`, keyed by the filter and
      embedding manifests and the config; see :mod:`tasks.cluster.tree`) with ``inputs.parquet``
-     (uids), every level, ``cluster_sizes.png``, ``tree.json`` (per level k, its inputs and the
+     (uid, shard id and row of every input), every level, ``cluster_sizes.png``, ``tree.json`` (per level k, its inputs and the
      distribution of samples per cluster) and, written last, the stage's manifest.
      A rerun skips finished levels and resumes an unfinished level at its last resampling step.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from tasks.cluster.hierarchical import AUTO_SPLIT_FROM, METRICS, HierarchicalKMeans, LevelSpec
+from tasks.cluster.hierarchical import (AUTO_SPLIT_FROM, METRICS, HierarchicalKMeans, LevelSpec, check_level_k,
+                                        check_levels)
 from tasks.cluster.kmeans import ENGINES
 from tasks.cluster.pool_input import pool_embeddings
 from tasks.cluster.tree import StoreCheckpoints, samples_per_cluster, size_summary
@@ -47,27 +48,46 @@ class ClusterConfig:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "ClusterConfig":
+        """The config checked whole, before any level runs (the levels by
+        :func:`~tasks.cluster.hierarchical.check_levels`: every level shrinks the tree); an
+        InputError names the setting. Whether level 1 fits the samples: :meth:`check_samples`."""
+        if values is not None and not isinstance(values, dict):
+            raise InputError(f"clustering: expected an object of settings, got {values!r}")
         values = dict(values or {})
         unknown = set(values) - {f for f in cls.__dataclass_fields__}
         if unknown:
-            raise InputError(f"clustering: unknown setting(s) {sorted(unknown)}")
-        if "levels" in values:
-            values["levels"] = tuple(LevelSpec.from_value(v) for v in values["levels"])
+            raise InputError(f"clustering: unknown setting(s) {sorted(unknown)}; known: "
+                             f"{sorted(cls.__dataclass_fields__)}")
         config = cls(**values)
         if config.metric not in METRICS:
             raise InputError(f"clustering metric={config.metric!r}: expected one of {', '.join(METRICS)}")
         if config.engine not in ENGINES:
             raise InputError(f"clustering engine={config.engine!r}: expected one of {', '.join(ENGINES)}")
-        if not isinstance(config.auto_split_from, int) or config.auto_split_from < 0:
+        if not _whole(config.auto_split_from) or config.auto_split_from < 0:
             raise InputError(f"clustering auto_split_from={config.auto_split_from!r}: expected 0 (never) or a "
                              f"positive number of level-1 clusters")
-        return config
+        if not _whole(config.max_iter) or config.max_iter < 1:
+            raise InputError(f"clustering max_iter={config.max_iter!r}: expected a whole number of at least 1")
+        if isinstance(config.tol, bool) or not isinstance(config.tol, (int, float)) or not config.tol >= 0:
+            raise InputError(f"clustering tol={config.tol!r}: expected a number of at least 0")
+        if not _whole(config.seed):
+            raise InputError(f"clustering seed={config.seed!r}: expected a whole number")
+        levels = check_levels(config.levels, config.metric, config.auto_split_from)
+        return replace(config, levels=tuple(levels))
+
+    def check_samples(self, n_samples: int) -> None:
+        """Level 1's ``k`` is no larger than the ``n_samples`` the tree is fitted on (the filters' kept samples)."""
+        check_level_k(1, self.levels[0].k, n_samples)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "levels": [asdict(level) for level in self.levels]}
 
     def key(self, snapshot: PoolSnapshot) -> str:
         return hash_json({"inputs": snapshot.hashes, "config": self.to_dict(), "version": CLUSTER_VERSION})
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def tree_folder(catalog: Catalog, snapshot: PoolSnapshot, config: ClusterConfig) -> str:
@@ -89,23 +109,39 @@ def cluster_pool(catalog: Catalog, snapshot: PoolSnapshot, config: ClusterConfig
                                checkpoints=StoreCheckpoints(store, folder), on_step=on_step,
                                auto_split_from=config.auto_split_from)
     model.fit(pool.as_dask_array())
-    per_cluster = samples_per_cluster(model.levels_)
+    return publish_tree(catalog, snapshot, config, folder, model.levels_, model.plans_)
+
+
+def publish_tree(catalog: Catalog, snapshot: PoolSnapshot, config: ClusterConfig, folder: str, levels: list,
+                 ran: list[dict], stats: dict | None = None, outputs: dict | None = None) -> dict:
+    """Write a tree's ``tree.json`` and plot, then its manifest (last), for a fitted or an assigned tree.
+
+    ``levels``: its :class:`~tasks.cluster.hierarchical.ClusterLevel` list (already saved under
+    ``folder``); ``ran``: what each level ran; ``stats``/``outputs``: what an assigned tree adds."""
+    store = catalog.store
+    embedded, _ = snapshot.require_filtered("clustering")
+    per_cluster = samples_per_cluster(levels)
+    samples, dim = int(len(levels[0].labels)), int(levels[0].centroids.shape[1])
     summary = {
-        "pool": snapshot.pool.name, "folder": store.uri(folder), "samples": pool.rows, "dim": pool.dim,
+        "pool": snapshot.pool.name, "folder": store.uri(folder), "samples": samples, "dim": dim,
         "config": config.to_dict(), "inputs": snapshot.hashes,
-        "levels": [{"level": number, "k": level.k, "inputs": int(len(level.labels)), "ran": model.plans_[number - 1],
+        "levels": [{"level": number, "k": level.k, "inputs": int(len(level.labels)), "ran": ran[number - 1],
                     "inputs_per_cluster": size_summary(level.sizes),
                     "samples_per_cluster": size_summary(counts)}
-                   for number, (level, counts) in enumerate(zip(model.levels_, per_cluster), 1)],
+                   for number, (level, counts) in enumerate(zip(levels, per_cluster), 1)],
+        **(stats or {}),
     }
     manifest = Manifest(
         stage="cluster", name=snapshot.pool.name, store=store.root, config=config.to_dict(),
         code_version=code_version("cluster", CLUSTER_VERSION), inputs=snapshot.hashes,
         outputs={"folder": store.uri(folder), "inputs": store.uri(f"{folder}/inputs.parquet"),
                  "plot": store.write_bytes(f"{folder}/cluster_sizes.png", cluster_size_plot(per_cluster)),
-                 "tree": store.write_json(f"{folder}/tree.json", summary)},
-        rows={"samples": pool.rows, **{f"level_{level['level']}_k": level["k"] for level in summary["levels"]}},
-        stats={"levels": summary["levels"], "dim": pool.dim, "metric": config.metric})
+                 "tree": store.write_json(f"{folder}/tree.json", summary), **(outputs or {})},
+        rows={"samples": samples, **{f"level_{level['level']}_k": level["k"] for level in summary["levels"]}},
+        # the embedding run's folder (one per embedder and pool): a later, grown snapshot of the pool
+        # may be assigned to this tree only when it was embedded by the same embedder
+        stats={"levels": summary["levels"], "dim": dim, "metric": config.metric,
+               "embedding_folder": embedded.manifest["outputs"]["folder"], **(stats or {})})
     return catalog.publish(folder, manifest)
 
 

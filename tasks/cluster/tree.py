@@ -6,7 +6,11 @@ Layout under a tree folder (``clusters/<pool>/<key>/``):
 - ``level-<t>/centroids.npy``, ``labels.npy`` (int32, one per input of the level: the samples at
   level 1, the level ``t - 1`` centroids above), ``distances.npy`` (float32, squared L2), then
   ``level-<t>/level.json`` written last: its presence marks the level finished;
-- ``inputs.parquet`` (written by the caller): the ``uid`` of every level-1 input, row-aligned.
+- ``inputs.parquet`` (written by the caller): the ``uid`` of every level-1 input, row-aligned, with
+  its ``shard_id`` and ``row`` in that shard (trees made before these columns have only ``uid``);
+- ``drift_reference-<q>.json``: the fitted samples' distance quantile ``q`` and size entropy per
+  level, computed when a grown pool is first assigned to the tree (:mod:`tasks.cluster.assign`);
+- ``drift.json`` (an assigned tree only): the drift figures of its assignment.
 
 In:  a :class:`~tasks.common.store.Store` and the folder. Out: :class:`StoreCheckpoints` (what
 :class:`~tasks.cluster.hierarchical.HierarchicalKMeans` saves through) and :func:`load_tree`.
@@ -57,6 +61,11 @@ class StoreCheckpoints:
         return ClusterLevel(centroids=self.store.read_npy(f"{folder}/centroids.npy"),
                             labels=self.store.read_npy(f"{folder}/labels.npy").astype(np.int64),
                             distances=self.store.read_npy(f"{folder}/distances.npy"))
+
+
+def reference_path(folder: str, quantile: float) -> str:
+    """Where the drift reference of quantile ``quantile`` of the tree in ``folder`` is cached."""
+    return f"{folder.rstrip('/')}/drift_reference-{round(quantile * 1000):04d}.json"
 
 
 def size_summary(sizes: np.ndarray) -> dict:

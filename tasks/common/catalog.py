@@ -13,8 +13,8 @@ and ``<hash>`` are 16 hex characters of a content hash)::
     pools/<pool>/imported/<shard_id>.parquet      an imported shard's table (img2dataset's columns and the source's scores)
     pools/<pool>/filters.json                     which embedding and filter runs are the pool's latest
     embeddings/<pool>/<embedder>/                 <shard_id>.img.npy, .txt.npy, .cap.npy, .parquet; eval-<hash>.img.npy; manifest.json, manifests/<hash>.json
-    filters/<pool>/<run>/                         rows/<shard_id>.parquet, decisions/<shard_id>.parquet, report.json, report.png, manifest.json
-    clusters/<pool>/<key>/                        inputs.parquet, level-<n>/, tree.json, cluster_sizes.png, manifest.json
+    filters/<pool>/<run>/                         rows/<shard_id>.parquet, decisions/<shard_id>.parquet, semdedup/ (k-means centroids), report.json, report.png, manifest.json
+    clusters/<pool>/<key>/                        inputs.parquet, level-<n>/, tree.json, cluster_sizes.png, drift.json, drift_reference-<q>.json, manifest.json
     metaclip/<pool>/metadata-<hash>.json          metadata built from the pool, frozen
     metaclip/<pool>/<hash>/<shard_id>.npz         a shard's MetaCLIP matches against that metadata
     subsets/<pool>/<name>-<key>/                  subset.parquet, subset.npy, shards/, indicators.json, plots, manifest.json
@@ -23,6 +23,7 @@ and ``<hash>`` are 16 hex characters of a content hash)::
     reports/<pool>/<report>/                      the demo's checks against the truth, manifest.json
     exports/<pool>/<key>/                         DataComp's layout: metadata/<nnnnnnnn>.parquet, .npz; shards/<nnnnnnnn>.tar, _stats.json, sizes.json; manifest.json
     _prefect/results/                             Prefect's persisted task results and cache records
+    _prefect/results/_locks/<key>.lock            leases that serialise two runs computing one cache record
     _staging/                                     work in progress (local stores only)
 
 The stage contract: a stage run's output is its folder plus a :class:`Manifest` at
@@ -52,6 +53,7 @@ from tasks.common.store import Store
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MANIFEST = "manifest.json"
 RESULTS_FOLDER = "_prefect/results"
+LOCKS_FOLDER = f"{RESULTS_FOLDER}/_locks"
 
 
 def check_name(value: str, parameter: str) -> str:
@@ -308,6 +310,11 @@ class Catalog:
         return f"{folder}/decisions/{shard}.parquet"
 
     @staticmethod
+    def filter_semdedup_centroids(folder: str, partition: int | None = None) -> str:
+        """SemDeDup's coarse k-means centroids (``None``), or the fine ones of one partition, kept for incremental runs."""
+        return f"{folder}/semdedup/" + ("coarse.npz" if partition is None else f"fine-{partition:05d}.npz")
+
+    @staticmethod
     def filter_report(folder: str) -> tuple[str, str]:
         """The report's JSON and its plot."""
         return f"{folder}/report.json", f"{folder}/report.png"
@@ -441,6 +448,12 @@ class Catalog:
             folder) else []
         return sorted((m for m in found if m is not None), key=lambda m: m["created_at"])
 
+    def trees(self, pool: str) -> list[dict]:
+        """The manifests of the pool's finished cluster trees (any snapshot, any config), oldest first."""
+        folder = self.tree_folder(pool, "x").rpartition("/")[0]
+        found = [self.read_manifest(path) for path in self.store.list(folder)] if self.store.exists(folder) else []
+        return sorted((m for m in found if m is not None), key=lambda m: m["created_at"])
+
     def publish_pool(self, manifest: Manifest) -> dict:
         """Archive the pool manifest by hash and make it the pool's latest."""
         self.publish_archive(manifest)
@@ -457,6 +470,14 @@ class Catalog:
             # the embedder's folder is shared by every version of the pool: point at this run's archived copy
             "embeddings": self.archived_manifest(embeddings_folder, embeddings["content_hash"]),
             "filters": self.manifest_path(self.store.relative(filters["outputs"]["folder"]))})
+
+    def latest_filter_run(self, pool: str) -> dict | None:
+        """The manifest of the pool's latest filter run (whatever version of the pool it was made from), if any."""
+        pointer = self.latest_runs_pointer(pool)
+        if not self.store.exists(pointer):
+            return None
+        path = self.store.read_json(pointer)["filters"]
+        return self.store.read_json(path) if self.store.exists(path) else None
 
     def snapshot(self, pool: str) -> PoolSnapshot:
         """Resolve the pool and its latest embedding and filter runs, once, for one flow run."""

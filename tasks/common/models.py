@@ -7,7 +7,8 @@ Out: :func:`known_models`: the model names (read from the config files, without 
      or open_clip); :func:`register_model_configs`: this project's configs (``MODEL_CONFIGS``)
      added to open_clip; :func:`model_device`: the torch device a model runs on;
      :func:`create_clip`: an open_clip model in eval mode on its device, its image preprocess and
-     its tokenizer.
+     its tokenizer. A checkpoint file is read with ``torch.load(weights_only=True)``: tensors and plain
+    values only, no pickled code.
 
 Errors: a name that is no model config, a checkpoint file that does not exist, is not a checkpoint
 or does not fit the model: :class:`InputError`. Out of memory while loading: :class:`TransientError`
@@ -111,7 +112,9 @@ def create_clip(model: str, checkpoint: str, device: str | None = None, storage_
     is_tag = checkpoint in open_clip.list_pretrained_tags_by_model(model)
     pretrained = checkpoint if is_tag else local_checkpoint(checkpoint, storage_options)
     try:
-        network, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
+        # weights_only: a checkpoint file (from the store, say) is unpickled without running its code
+        network, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device,
+                                                                       weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load and load_state_dict raise several kinds
         if is_out_of_memory(exc):
             raise TransientError(f"model {model!r} with checkpoint {checkpoint}: out of memory on {device} while "

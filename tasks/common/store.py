@@ -9,6 +9,14 @@ Out: a :class:`Store` whose writes are atomic: a file becomes visible only when 
      Published local files get the mode ``0o666 & ~umask`` (folders the default), so other
      accounts sharing the store can read them.
 
+Transient object-store errors (HTTP 5xx such as 500 ``InternalError`` and 503 ``SlowDown``, a
+connection reset or timeout) are retried here, in one place, by every Store method that calls the
+object store: :data:`TRANSIENT_ATTEMPTS` attempts in all, with exponential backoff from
+:data:`TRANSIENT_BACKOFF_S` (jittered, capped), on top of the attempts botocore and s3fs make
+themselves. Anything else (a missing key, a refused credential, bad input) is raised at once.
+Local stores are not retried. Readers that open files through fsspec themselves (a URI and
+``fsspec_options()``) get only botocore's and s3fs's retries.
+
 Credentials never travel as options, because options end up in flow-run parameters, manifests
 and logs. They come from the environment (the usual ``AWS_*`` variables, ``AWS_ENDPOINT_URL``
 included) or from a Prefect Secret block: ``storage_options["credentials_block"] = "<name>"``,
@@ -22,12 +30,16 @@ Paths given to the methods are relative to the root and use ``/``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
+import random
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,10 +47,17 @@ from typing import Any, Iterator
 import fsspec
 
 from tasks.common.errors import InputError, StoreError
+from tasks.common.secrets import CREDENTIALS_BLOCK, refuse_secret_options  # noqa: F401 - CREDENTIALS_BLOCK re-exported
 
-CREDENTIALS_BLOCK = "credentials_block"  # storage option: name of a Prefect Secret block
-SECRET_OPTIONS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
-                            "aws_session_token"})
+TRANSIENT_ATTEMPTS = 6  # attempts of one object-store call on transient errors (the first included)
+TRANSIENT_BACKOFF_S = (0.5, 8.0)  # first delay and cap, doubled per attempt (+-25 % jitter): ~16 s in all
+_TRANSIENT_ERRNOS = frozenset({errno.EREMOTEIO, errno.EBUSY, errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE})
+_TRANSIENT_CODES = frozenset({"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "Throttling",
+                              "ThrottlingException", "500", "502", "503", "504"})
+_TRANSIENT_TYPES = frozenset({"ConnectionClosedError", "EndpointConnectionError", "ReadTimeoutError",
+                              "ConnectTimeoutError", "ServerDisconnectedError", "ClientOSError", "ClientPayloadError",
+                              "IncompleteRead", "ResponseStreamingError", "ProtocolError"})  # botocore's, aiohttp's
+_log = logging.getLogger(__name__)
 
 
 class Store:
@@ -50,7 +69,7 @@ class Store:
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
         options = dict(storage_options or {})
-        _refuse_secrets(options)
+        refuse_secret_options(options)
         self._connect(root, options, _credentials_from_block(options.get(CREDENTIALS_BLOCK)))
 
     def _connect(self, root: str, storage_options: dict[str, Any], credentials: dict[str, Any]) -> None:
@@ -81,6 +100,24 @@ class Store:
         if "://" not in uri or uri.startswith("file://") or self.is_local:
             return {}
         return self.fsspec_options() if uri.split("://", 1)[0] in _protocols(self.fs) else {}
+
+    def _call(self, operation, *args, **kwargs):
+        """``operation(*args, **kwargs)`` on the filesystem; on an object store, retried with backoff
+        while it fails with a transient error (:func:`is_transient_error`), :data:`TRANSIENT_ATTEMPTS` in all."""
+        if self.is_local:
+            return operation(*args, **kwargs)
+        first, cap = TRANSIENT_BACKOFF_S
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                return operation(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - classified below; anything not transient is raised as is
+                if attempt == TRANSIENT_ATTEMPTS or not is_transient_error(exc):
+                    raise
+                delay = min(cap, first * 2 ** (attempt - 1)) * random.uniform(0.75, 1.25)
+                _log.warning("store %s: %s %s failed (%s: %s); attempt %d of %d in %.1f s", self.root,
+                             getattr(operation, "__name__", "call"), args[:1], type(exc).__name__, exc,
+                             attempt + 1, TRANSIENT_ATTEMPTS, delay)
+                time.sleep(delay)
 
     # ----- paths -------------------------------------------------------------
     def path(self, rel: str = "") -> str:
@@ -125,16 +162,16 @@ class Store:
         probe = f"_probe/{uuid.uuid4().hex}"
         try:
             self.write_bytes(probe, b"ok")
-            self.fs.rm(self.path(probe))
+            self._call(self.fs.rm, self.path(probe))
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot write here"
             raise StoreError(f"store {self.root!r} cannot be written: {type(exc).__name__}: {exc}") from exc
 
     # ----- reads ---------------------------------------------------------------
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
+        return self._call(self.fs.exists, self.path(rel))
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.fs.cat_file(self.path(rel))
+        return self._call(self.fs.cat_file, self.path(rel))
 
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
@@ -149,12 +186,15 @@ class Store:
         """Open for reading. Use the atomic ``write_*``/``put_file`` methods to write."""
         if "r" not in mode:
             raise ValueError("Store.open is for reading; write with write_bytes or put_file")
-        return self.fs.open(self.path(rel), mode)
+        if self.is_local:
+            return self.fs.open(self.path(rel), mode)
+        handle = _RetryingReader(self, self._call(self.fs.open, self.path(rel), "rb"))
+        return io.TextIOWrapper(io.BufferedReader(handle)) if "b" not in mode else handle
 
     def list(self, rel: str = "", pattern: str = "*") -> list[str]:
         """Relative paths of the entries of folder ``rel`` matching ``pattern``, sorted."""
         base = self.path(rel)
-        found = self.fs.glob(posixpath.join(base, pattern) if not self.is_local else os.path.join(base, pattern))
+        found = self._call(self.fs.glob, posixpath.join(base, pattern) if not self.is_local else os.path.join(base, pattern))
         prefix_len = len(self.path()) + 1
         return sorted(_strip_protocol(p)[prefix_len:].replace(os.sep, "/") for p in found)
 
@@ -175,8 +215,33 @@ class Store:
                 _remove_quietly(tmp)
                 raise
         else:
-            self.fs.pipe_file(target, data)
+            self._call(self.fs.pipe_file, target, data)
         return self.uri(rel)
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Write ``data`` to ``rel`` only if nothing is there, atomically; False when something was.
+
+        Locally a complete temporary file hard-linked to the name (the link fails if the name exists);
+        on S3 one conditional PUT (``If-None-Match: *``). For leases and locks, not for data.
+        """
+        target = self.path(rel)
+        if not self.is_local:
+            try:
+                self._call(self.fs.pipe_file, target, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = _temporary_file(target)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            _remove_quietly(tmp)
 
     def write_npy(self, rel: str, array) -> str:
         """Write a numpy array as ``.npy`` atomically; return the URI."""
@@ -218,34 +283,79 @@ class Store:
                 _remove_quietly(tmp)
                 raise
         else:
-            self.fs.put_file(local_file, target)
+            self._call(self.fs.put_file, local_file, target)
             if move:
                 os.remove(local_file)
         return self.uri(rel)
 
     def remove(self, rel: str, recursive: bool = False) -> None:
         if self.exists(rel):
-            self.fs.rm(self.path(rel), recursive=recursive)
+            self._call(self.fs.rm, self.path(rel), recursive=recursive)
 
     def walk_files(self, rel: str = "") -> Iterator[str]:
         """Relative paths of every file under ``rel``."""
         prefix_len = len(self.path()) + 1
-        for path in self.fs.find(self.path(rel)):
+        for path in self._call(self.fs.find, self.path(rel)):
             yield _strip_protocol(path)[prefix_len:].replace(os.sep, "/")
 
 
-def _refuse_secrets(storage_options: dict[str, Any]) -> None:
-    """Raise InputError naming the first secret (a key, secret, token, password) in the options."""
-    nested = storage_options.get("client_kwargs") or {}
-    found = [k for k in storage_options if str(k).lower() in SECRET_OPTIONS]
-    found += [f"client_kwargs.{k}" for k in nested if str(k).lower() in SECRET_OPTIONS]
-    if found:
-        raise InputError(
-            f"storage_options {found[0]!r}: credentials must not be given as options (they would be saved in "
-            "flow-run parameters, manifests and blocks). Set them in the environment (AWS_ACCESS_KEY_ID, "
-            "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), or save them as a JSON object in a Prefect Secret block "
-            "(Secret(value={\"key\": ..., \"secret\": ...}).save(\"s3-creds\")) and pass "
-            "storage_options={\"credentials_block\": \"s3-creds\"}")
+class _RetryingReader(io.RawIOBase):
+    """A read-only object-store file whose reads are retried by :meth:`Store._call` (seek back, read again)."""
+
+    def __init__(self, store: Store, handle):
+        self._store, self._handle = store, handle
+
+    def _read_at(self, position: int, size: int) -> bytes:
+        self._handle.seek(position)
+        return self._handle.read(size)
+
+    def readinto(self, buffer) -> int:
+        data = self._store._call(self._read_at, self._handle.tell(), len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._store._call(self._read_at, self._handle.tell(), size)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    @property
+    def size(self) -> int:
+        return self._handle.size
+
+    def close(self) -> None:
+        self._handle.close()
+        super().close()
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is an object-store error worth retrying: an HTTP
+    5xx or throttling answer (botocore's ClientError, or the OSError s3fs makes of it: EREMOTEIO for
+    500 InternalError, EBUSY for 503 SlowDown), or a reset, closed or timed-out connection."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in _TRANSIENT_TYPES:
+            return True
+        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+            return True
+        response = getattr(exc, "response", None)  # botocore's ClientError
+        if isinstance(response, dict):
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
+            if status >= 500 or str((response.get("Error") or {}).get("Code", "")) in _TRANSIENT_CODES:
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _credentials_from_block(name: str | None) -> dict[str, Any]:

@@ -10,6 +10,11 @@ Out: :func:`iter_samples` yields ``(key, {extension: bytes})`` per sample in tar
 :func:`sizes_table` and :func:`stats_for_resharded`: what a folder of shards carries for the
 tools that read it (open_clip's and DataComp's ``sizes.json``, img2dataset's ``_stats.json``).
 
+Member names are checked by :func:`check_member_name`, the one check of every tar this project
+reads or writes: an absolute path, a ``..`` component or a link pointing outside the archive is
+refused (:class:`~tasks.common.errors.InputError` naming the shard and the member), because a
+tool that extracts the shard would write outside its folder.
+
 A damaged shard raises :class:`~tasks.common.errors.StageFailed` naming its URI: cut inside a
 member, a header that is not a tar header, no end-of-archive marker (cut at a member boundary),
 or a sample count other than the recorded one (naming both numbers). It is ``StageFailed``, not
@@ -24,16 +29,18 @@ data is skipped by seeking.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Container
 from typing import Iterator
 
 import fsspec
 
-from tasks.common.errors import StageFailed
+from tasks.common.errors import InputError, StageFailed
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 REGULAR = (b"0", b"\0", b"7")
+LINKS = (b"1", b"2")  # hard link, symbolic link
 SKIP_CHUNK = 1 << 20
 
 
@@ -52,6 +59,21 @@ def iter_samples(uri: str, expected: int | None = None, keys: Container[str] | N
 def count_samples(uri: str, expected: int | None = None, storage_options: dict | None = None) -> int:
     """The number of samples in the shard at ``uri`` (reading only headers); checked against ``expected``."""
     return sum(1 for _ in _read(uri, expected, (), storage_options))
+
+
+def check_member_name(name: str, where: str, link_target: str | None = None) -> str:
+    """``name`` when it is safe to extract: not empty, relative, no ``..`` component, no NUL, and for a
+    link (``link_target``: its target) a target that stays inside the archive. Otherwise
+    :class:`InputError` naming ``where`` (the shard) and the member."""
+    if not name or name.startswith("/") or "\0" in name or ".." in name.split("/"):
+        raise InputError(f"{where}: tar member {name!r} is an absolute path or leaves the archive's folder "
+                         f"('..'): refused, an unsafe tar")
+    if link_target is not None:
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), link_target))
+        if link_target.startswith("/") or resolved == ".." or resolved.startswith("../") or "\0" in link_target:
+            raise InputError(f"{where}: tar member {name!r} links to {link_target!r}, outside the archive: "
+                             f"refused, an unsafe tar")
+    return name
 
 
 def _read(uri: str, expected: int | None, keys: Container[str] | None,
@@ -95,7 +117,7 @@ class _Members:
         self.ended = False  # the end-of-archive marker was reached
 
     def __iter__(self) -> Iterator[tuple[str, int]]:
-        long_name = None
+        long_name = long_link = None
         while True:
             self._skip_bytes(self.pending)
             self.pending = 0
@@ -108,15 +130,18 @@ class _Members:
                 return
             size, kind = self._parse(header, start)
             padded = -(-size // BLOCK) * BLOCK
-            if kind in (b"x", b"L"):  # pax extended header or GNU long name: the next member's name
+            if kind in (b"x", b"L", b"K"):  # pax extended header, GNU long name or link: the next member's
                 payload = self._read_exactly(padded)[:size]
                 long_name = _long_name(kind, payload) or long_name
+                long_link = _long_link(kind, payload) or long_link
                 continue
-            name = long_name or _header_name(header)
-            long_name = None
+            name = (long_name or _header_name(header)).decode("utf-8", "replace")
+            link = (long_link or header[157:257].split(b"\0", 1)[0]).decode("utf-8", "replace")
+            long_name = long_link = None
+            check_member_name(name, f"shard {self.uri}", link if kind in LINKS else None)
             if kind in REGULAR:
                 self.pending = padded - size
-                yield name.decode("utf-8", "replace"), size
+                yield name, size
             else:
                 self._skip_bytes(padded)
 
@@ -186,10 +211,20 @@ def _header_name(header: bytes) -> bytes:
 def _long_name(kind: bytes, payload: bytes) -> bytes | None:
     if kind == b"L":
         return payload.rstrip(b"\0")
+    return _pax_field(payload, b"path=") if kind == b"x" else None
+
+
+def _long_link(kind: bytes, payload: bytes) -> bytes | None:
+    if kind == b"K":
+        return payload.rstrip(b"\0")
+    return _pax_field(payload, b"linkpath=") if kind == b"x" else None
+
+
+def _pax_field(payload: bytes, prefix: bytes) -> bytes | None:
     for record in payload.split(b"\n"):
         _, _, field = record.partition(b" ")
-        if field.startswith(b"path="):
-            return field[5:]
+        if field.startswith(prefix):
+            return field[len(prefix):]
     return None
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common.catalog import Catalog, PoolSnapshot
 from tasks.common.dask_cluster import dask_client
+from tasks.common.plots import png_markdown
+from tasks.common.prefect_support import artifact_key
 from tasks.common.store import Store
 from tasks.demo_pool import truth_checks
 from tasks.demo_pool.eval_sets import generate_eval_sets
@@ -64,7 +66,7 @@ def start_demo_server(web_root: str, state_file: str, hang_seconds: float = 60.0
 def check_download_against_truth(pool: dict, truth_path: str) -> list[dict]:
     """Planted failures in the demo pool against the download's report (an artifact)."""
     rows = truth_checks.download_against_truth(pool, pd.read_parquet(truth_path))
-    create_table_artifact(key="demo-download-vs-truth", table=rows,
+    create_table_artifact(key=artifact_key(pool["store"], pool["name"], "download-vs-truth"), table=rows,
                           description="Planted URL failures in the demo pool against the download's report.")
     return rows
 
@@ -80,7 +82,7 @@ def long_tail_report(store: Store, evaluation: dict, snapshot: dict, truth_path:
     """Zero-shot recall of the model trained on the raw pool, by how often the concept occurs in it."""
     truth = pd.read_parquet(truth_path, columns=["uid", "concept_id"])
     report = truth_checks.long_tail(store, evaluation, PoolSnapshot.from_dict(snapshot), truth)
-    create_table_artifact(key="demo-long-tail", table=report["groups"],
+    create_table_artifact(key=artifact_key(store, snapshot["pool"]["name"], "long-tail"), table=report["groups"],
                           description="Zero-shot recall of the model trained on the raw pool, by how often "
                                       f"the concept occurs in it (Spearman {report['spearman_count_vs_recall']}).")
     return report
@@ -100,7 +102,7 @@ DEMO_FILTERS = {"min_image_side": 48, "clip_score_top_fraction": 0.8, "eval_dedu
 def check_filters_against_truth(store: Store, filters: dict, truth_path: str) -> list[dict]:
     """Precision and recall of each filter against the defects the demo generator planted (an artifact)."""
     rows = truth_checks.filters_against_truth(store, filters, pd.read_parquet(truth_path))
-    create_table_artifact(key="demo-filters-vs-truth", table=rows,
+    create_table_artifact(key=artifact_key(store, filters["name"], "filters-vs-truth"), table=rows,
                           description="Each filter against the defects the demo generator planted.")
     return rows
 
@@ -126,7 +128,8 @@ def demo_trees(kept: int) -> dict[str, dict]:
 def check_clusters_against_truth(store: Store, trees: dict[str, dict], truth_path: str) -> list[dict]:
     """How evenly each tree's top clusters spread over the true concepts (the paper's Fig. 4; an artifact)."""
     rows = truth_checks.clusters_against_truth(store, trees, pd.read_parquet(truth_path, columns=["uid", "concept"]))
-    create_table_artifact(key="demo-clusters-vs-truth", table=rows,
+    pool = next(iter(trees.values()))["name"] if trees else "demo"
+    create_table_artifact(key=artifact_key(store, pool, "clusters-vs-truth"), table=rows,
                           description="Top-level clusters per true concept: a log-log slope near 0 and more "
                                       "concepts with a cluster mean a more even spread.")
     return rows
@@ -146,9 +149,12 @@ def check_subsets_against_truth(store: Store, snapshot: dict, subsets: dict[str,
     truth_checks.publish_report(Catalog(store), resolved.pool.name, "subset-concepts",
                                 {"subset_concepts.json": rows, "subset_concepts.png": plot},
                                 {"subsets": {name: m["content_hash"] for name, m in subsets.items()}})
-    create_table_artifact(key="demo-subsets-vs-concepts", table=rows,
+    create_table_artifact(key=artifact_key(store, resolved.pool.name, "subsets-vs-concepts"), table=rows,
                           description="Indicators over the true concepts: higher normalised entropy, lower "
                                       "ls5 and lower long-tail shares mean a flatter, more balanced subset.")
+    create_markdown_artifact(key=artifact_key(store, resolved.pool.name, "subsets-vs-concepts-plot"), markdown=(
+        f"# Subsets of `{resolved.pool.name}` over the true concepts\n\n"
+        + png_markdown(plot, "samples per true concept, pool and subsets")))
     return rows
 
 
@@ -161,7 +167,7 @@ def curation_ab_report(store: Store, snapshot: dict, evaluations: dict[str, dict
     report = truth_checks.curation_ab(store, evaluations, balance, resolved, truth)
     truth_checks.publish_report(Catalog(store), resolved.pool.name, "curation-ab", {"curation_ab.json": report},
                                 {"evaluations": {name: m["content_hash"] for name, m in evaluations.items()}})
-    create_table_artifact(key="demo-curation-ab", table=report["arms"],
+    create_table_artifact(key=artifact_key(store, resolved.pool.name, "curation-ab"), table=report["arms"],
                           description=f"Equal-size subsets, tiny CLIP at equal samples seen. "
                                       f"Best acc@1: {report['winner_by_acc1']}.")
     get_run_logger().info("curation A/B: best zero-shot accuracy with %s", report["winner_by_acc1"])

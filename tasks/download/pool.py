@@ -2,7 +2,8 @@
 
 In:  the catalog, a pool index (parquet file or folder, local or fsspec URI), the pool's name, the
      slice size and the download settings; later, the manifests of the downloaded slices.
-Out: :func:`plan_pool_download`: the checked slice plans, each slice's rows stored in the store;
+Out: :func:`plan_pool_download`: the checked slice plans (:func:`check_download_settings`: the
+     checks of its parameters alone), each slice's rows stored in the store;
      :func:`publish_pool`: the pool manifest (every shard with its ``shard_id``, counts by status
      and reason), archived by hash and made the pool's latest, plus the download report.
 """
@@ -21,16 +22,21 @@ from tasks.download.slices import DownloadConfig, stage_code_version, write_slic
 def plan_pool_download(catalog: Catalog, pool_index: str, pool_name: str, slice_size: int,
                        config: DownloadConfig) -> list[SlicePlan]:
     """Check every parameter, the store and the index before anything downloads; store each slice's rows."""
-    check_name(pool_name, "pool_name")
-    config.validate()
-    if slice_size < 1:
-        raise InputError(f"slice_size: must be at least 1, got {slice_size}")
+    check_download_settings(pool_name, slice_size, config)
     catalog.store.check_writable()
     index = read_pool_index(pool_index, catalog.store.fsspec_options())
     plans = plan_slices(index, pool_name, slice_size)
     for plan in plans:
         write_slice_input(catalog, plan, index.iloc[plan.start:plan.stop])
     return plans
+
+
+def check_download_settings(pool_name: str, slice_size: int, config: DownloadConfig) -> None:
+    """The pool's name, the slice size and the img2dataset settings; an InputError names the parameter."""
+    check_name(pool_name, "pool_name")
+    config.validate()
+    if isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1:
+        raise InputError(f"slice_size: must be a whole number of at least 1, got {slice_size!r}")
 
 
 def publish_pool(catalog: Catalog, pool_index: str, pool_name: str, plans: list[SlicePlan],

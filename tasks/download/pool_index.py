@@ -3,7 +3,8 @@
 In:  a parquet file or a folder of parquet files (local or ``s3://``) with at least ``uid``,
      ``url`` and ``text`` (DataComp's index columns; others are kept).
 Out: :func:`read_pool_index` returns one data frame (files in name order, rows in file order)
-     or raises :class:`~tasks.common.errors.InputError` naming the file, column or rows at fault;
+     or raises :class:`~tasks.common.errors.InputError` naming the file, column or rows at fault
+     (:func:`check_index_files`: the part of those checks that reads only the files' footers);
      :func:`plan_slices` cuts it into contiguous slices, each with a content hash, so a slice's
      cache key changes only when its own rows change.
 """
@@ -35,6 +36,18 @@ def _example(values, limit: int = 3) -> str:
     return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
 
 
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def _scheme_counts(urls: pd.Series) -> str:
+    """``'file: 2, ftp: 1, none: 1'``: how many of ``urls`` have each scheme, most first (``none``: no scheme)."""
+    schemes = urls.astype("string").str.extract(r"^([A-Za-z][A-Za-z0-9+.-]*):", expand=False).str.lower()
+    counts = schemes.fillna("none").value_counts().sort_index().sort_values(ascending=False, kind="stable")
+    return ", ".join(f"{scheme}: {int(n)}" for scheme, n in counts.items())
+
+
 def list_index_files(uri: str, storage_options: dict | None = None) -> list[str]:
     """The parquet files of ``uri``: the file itself, or the ``*.parquet`` files of a folder."""
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
@@ -64,15 +77,7 @@ def read_pool_index(uri: str, storage_options: dict | None = None) -> pd.DataFra
                 table = pq.read_table(handle)
         except (pa.ArrowInvalid, PermissionError, FileNotFoundError) as exc:  # network errors are retried
             raise InputError(f"pool_index file {file!r} is not a readable parquet file: {exc}") from exc
-        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-        if missing:
-            hints = []
-            for column in missing:
-                close = difflib.get_close_matches(column, table.column_names, n=1, cutoff=0.5)
-                close = close or [c for c in table.column_names if c.lower() == column]
-                hints.append(f"{column!r}" + (f" (found {close[0]!r}: rename it)" if close else ""))
-            raise InputError(
-                f"pool_index file {file!r}: missing column {', '.join(hints)}; it has {table.column_names}")
+        _check_columns(file, table.column_names)
         frame = table.to_pandas()
         frame.attrs = {}
         frame["_file"] = file
@@ -82,6 +87,35 @@ def read_pool_index(uri: str, storage_options: dict | None = None) -> pd.DataFra
         raise InputError(f"pool_index {uri!r}: the pool is empty (0 rows)")
     _validate_rows(index)
     return index.drop(columns="_file")
+
+
+def check_index_files(uri: str, storage_options: dict | None = None) -> list[str]:
+    """The checks of :func:`read_pool_index` that need only the parquet footers (files readable, columns
+    present, rows in all), for a command line to run before anything starts; returns the files."""
+    files = list_index_files(uri, storage_options)
+    rows = 0
+    for file in files:
+        try:
+            with fsspec.open(file, "rb", **(storage_options or {})) as handle:
+                footer = pq.ParquetFile(handle).metadata
+        except (pa.ArrowInvalid, PermissionError, FileNotFoundError) as exc:
+            raise InputError(f"pool_index file {file!r} is not a readable parquet file: {exc}") from exc
+        _check_columns(file, footer.schema.to_arrow_schema().names)
+        rows += footer.num_rows
+    if rows == 0:
+        raise InputError(f"pool_index {uri!r}: the pool is empty (0 rows)")
+    return files
+
+
+def _check_columns(file: str, names: list[str]) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        hints = []
+        for column in missing:
+            close = difflib.get_close_matches(column, names, n=1, cutoff=0.5)
+            close = close or [c for c in names if c.lower() == column]
+            hints.append(f"{column!r}" + (f" (found {close[0]!r}: rename it)" if close else ""))
+        raise InputError(f"pool_index file {file!r}: missing column {', '.join(hints)}; it has {names}")
 
 
 def _validate_rows(index: pd.DataFrame) -> None:
@@ -100,8 +134,10 @@ def _validate_rows(index: pd.DataFrame) -> None:
     if bad_url.any():
         rows = index[bad_url]
         raise InputError(f"pool_index file {rows['_file'].iloc[0]!r}: column 'url' must hold http(s) URLs; "
-                         f"{int(bad_url.sum())} rows do not, e.g. uid {rows['uid'].iloc[0]} has "
-                         f"{_example(rows['url'], 1)}")
+                         f"{int(bad_url.sum())} rows do not, e.g. "
+                         + "; ".join(f"uid {uid} has {_short(url)}" for uid, url in zip(rows["uid"][:3], rows["url"][:3]))
+                         + f" (by scheme: {_scheme_counts(rows['url'])}). Other schemes (file://, ftp://, data:, "
+                         "...) are never downloaded: they would read local files or skip the web's checks")
     not_text = index["text"].notna() & ~index["text"].map(lambda v: isinstance(v, str))
     if not_text.any():
         raise InputError(f"pool_index file {index.loc[not_text, '_file'].iloc[0]!r}: column 'text' must hold "

@@ -18,10 +18,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tasks.common.catalog import Catalog
 from tasks.common.dask_cluster import dask_task_runner
 from tasks.common.prefect_support import RETRY_DELAYS, artifact_key, retry_unless_input_error, validated_cache_key
+from tasks.common.progress import progress_while
 from tasks.common.store import Store
 from tasks.download.pool import plan_pool_download, publish_pool
 from tasks.download.pool_index import SlicePlan
-from tasks.download.slices import DownloadConfig, download_slice, slice_folder, slice_key
+from tasks.download.slices import DownloadConfig, download_slice, slice_folder, slice_key, staging_dir
 
 
 def _slice_cache_key(context, parameters) -> str:
@@ -41,10 +42,20 @@ def plan_pool_download_task(store: Store, pool_index: str, pool_name: str, slice
 
 
 @task(name="download_slice", retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=retry_unless_input_error, cache_key_fn=_slice_cache_key)
+      retry_condition_fn=retry_unless_input_error, cache_key_fn=_slice_cache_key,
+      task_run_name="download_slice {plan[pool]} slice {plan[index]}")
 def download_slice_task(store: Store, plan: dict, config: dict) -> dict:
     logger = get_run_logger()
-    manifest = download_slice(Catalog(store), SlicePlan(**plan), DownloadConfig(**config), log=logger.info)
+    catalog, the_plan, the_config = Catalog(store), SlicePlan(**plan), DownloadConfig(**config)
+    shards = staging_dir(catalog, the_plan, the_config) / "shards"
+    expected = max(1, -(-the_plan.n_rows // the_config.shard_size))
+
+    def finished_shards() -> float:  # img2dataset writes a shard's _stats.json once the shard is done
+        return len(list(shards.glob("*_stats.json"))) / expected if shards.is_dir() else 0.0
+
+    with progress_while(f"pool {the_plan.pool}: slice {the_plan.index}, shards downloaded", finished_shards) as bar:
+        manifest = download_slice(catalog, the_plan, the_config, log=logger.info)
+        bar.update(1.0)
     logger.info("slice %d: %s in %.1f s (on %s, process %d)", plan["index"], manifest["stats"]["status_counts"],
                 manifest["stats"]["seconds"], socket.gethostname(), os.getpid())
     return manifest
@@ -84,10 +95,10 @@ def publish_pool_task(store: Store, pool_index: str, pool_name: str, plans: list
     manifest, summary = publish_pool(Catalog(store), pool_index, pool_name, [SlicePlan(**p) for p in plans], slices,
                                      DownloadConfig(**config))
     create_table_artifact(
-        key=artifact_key(pool_name, "download"), table=summary["table"],
+        key=artifact_key(store, pool_name, "download"), table=summary["table"],
         description=f"Download of pool `{pool_name}`: {summary['n_rows']} samples, by status and reason.")
     create_markdown_artifact(
-        key=artifact_key(pool_name, "pool"),
+        key=artifact_key(store, pool_name, "pool"),
         markdown=f"# Pool `{pool_name}`\n\n- manifest: `{store.uri(Catalog(store).pool_manifest(pool_name))}`\n"
                  f"- shards: {len(manifest['outputs']['shards'])} in {len(slices)} slices\n"
                  f"- samples: {summary['status_counts']}\n")

@@ -103,7 +103,7 @@ def embed_shard(store: Store, shard: ShardRecord, spec: EmbedderSpec, files: Emb
         with store.open(marker) as handle:
             done = pd.read_parquet(handle, columns=["embed_ok", "embed_reason"])
         return _summary(files, done)
-    samples = read_shard(shard.tar, shard.parquet, store.fsspec_options())
+    samples = read_shard(shard.tar, shard.parquet, store.fsspec_options(), recorded=shard.n_success or None)
     images = [_decode(b) for b in samples["bytes"]]
     ok = np.array([image is not None for image in images], dtype=bool)
     reason = np.where(ok, "", "undecodable").astype(object)

@@ -23,7 +23,25 @@ class EmbedderSpec:
     batch_size: int = 256
     caption_model: str = ""
 
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "EmbedderSpec":
+        """The spec from the user's settings (``embedder``), checked; an InputError names the setting."""
+        if not isinstance(values, dict):
+            raise InputError(f"embedder: expected an object such as {{\"model\": \"ViT-B-32\", \"checkpoint\": "
+                             f"\"openai\"}}, got {values!r}")
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise InputError(f"embedder: unknown setting(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        spec = cls(**{"model": "", "checkpoint": "", **values})
+        spec.validate()
+        return spec
+
     def validate(self) -> None:
+        for name in ("model", "checkpoint", "caption_model"):
+            if not isinstance(getattr(self, name), str):
+                raise InputError(f"embedder {name}: expected a string, got {getattr(self, name)!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool):
+            raise InputError(f"embedder batch_size: expected a whole number, got {self.batch_size!r}")
         if not self.model or not self.checkpoint:
             raise InputError("embedder: both 'model' and 'checkpoint' are needed")
         if self.batch_size < 1:

@@ -21,13 +21,14 @@ def _eval_cache_key(context, parameters) -> str:
 
 
 @task(name="evaluate_checkpoint", retries=1, retry_delay_seconds=RETRY_DELAYS[:1],
-      retry_condition_fn=retry_unless_input_error, cache_key_fn=_eval_cache_key)
+      retry_condition_fn=retry_unless_input_error, cache_key_fn=_eval_cache_key,
+      task_run_name="evaluate_checkpoint {run_name}")
 def evaluate_task(store: Store, training: dict, tasklist: str, run_name: str) -> dict:
     manifest = evaluate_training_run(Catalog(store), training, tasklist, run_name, log=get_run_logger().info)
     summary = manifest["stats"]
     rows = [{"task": t["key"], "dataset": t["dataset"], "metric": t["main_metric"], "score": t["score"],
              "random": t["random_score"]} for t in summary["tasks"]]
     rows.append({"task": "average", "dataset": "", "metric": "", "score": summary["average"], "random": None})
-    create_table_artifact(key=artifact_key("evaluation", run_name), table=rows,
+    create_table_artifact(key=artifact_key(store, run_name, "evaluation"), table=rows,
                           description=f"Evaluation of `{summary['checkpoint']}` ({summary['model']})")
     return manifest

@@ -7,5 +7,7 @@
 - :mod:`tasks.filters.eval_dedup`: samples too close to an evaluation image.
 - :mod:`tasks.filters.clip_score`: CLIP score threshold or top fraction.
 - :mod:`tasks.filters.run`: row-wise filters per shard, pool-wide ones, decision files, report.
+- :mod:`tasks.filters.incremental`: a grown pool's old decisions updated by its new samples.
+- :mod:`tasks.filters.plan`: a run's folder, and the previous run an incremental run builds on.
 - :mod:`tasks.filters.task`: the Prefect tasks.
 """

@@ -60,13 +60,14 @@ def exact_keys(frame: pd.DataFrame, n_partitions: int) -> tuple[pd.DataFrame, ..
     return split_frame(rows, hash_partition(rows["sha256"].astype(str).to_numpy(), n_partitions), n_partitions)
 
 
-def exact_duplicates(*pieces: pd.DataFrame) -> pd.DataFrame:
-    """One partition's duplicates: every row whose sha256 is shared with a smaller uid."""
+def exact_duplicates(*pieces: pd.DataFrame, with_uid: bool = False) -> pd.DataFrame:
+    """One partition's duplicates: every row whose sha256 is shared with a smaller uid (and its own ``uid``)."""
     rows = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=["id", "uid", "sha256"])
     uids = rows["uid"].to_numpy().astype(str)
     keeper = smallest_per_group(rows["sha256"].to_numpy().astype(str), uids)
     duplicate = uids != keeper
-    return pd.DataFrame({"id": rows["id"].to_numpy(dtype=np.int64)[duplicate], "duplicate_of": keeper[duplicate]})
+    found = pd.DataFrame({"id": rows["id"].to_numpy(dtype=np.int64)[duplicate], "duplicate_of": keeper[duplicate]})
+    return found.assign(uid=uids[duplicate]) if with_uid else found
 
 
 def bands(max_distance: int) -> list[tuple[int, int]]:
@@ -83,22 +84,27 @@ def band_values(hashes: np.ndarray, shift: int, width: int) -> np.ndarray:
 
 
 def band_keys(frame: pd.DataFrame, max_distance: int, n_partitions: int) -> tuple[pd.DataFrame, ...]:
-    """Split one shard's ``id``/``phash`` rows (decodable ones only) once per band, by (band, value)."""
-    rows = frame.loc[frame["valid"].to_numpy(dtype=bool), ["id", "phash"]]
+    """Split one shard's ``id``/``phash`` rows (decodable ones only) once per band, by (band, value).
+
+    An ``old`` column (an incremental run: rows of the previous run) travels with the rows.
+    """
+    carried = ["id", "phash"] + (["old"] if "old" in frame else [])
+    rows = frame.loc[frame["valid"].to_numpy(dtype=bool), carried]
     hashes = rows["phash"].to_numpy(dtype=np.int64)
     keyed = pd.concat([pd.DataFrame({"band": np.full(len(rows), number, dtype=np.int8),
                                      "value": band_values(hashes, shift, width),
-                                     "id": rows["id"].to_numpy(dtype=np.int64), "phash": hashes})
+                                     "id": rows["id"].to_numpy(dtype=np.int64), "phash": hashes,
+                                     **({"old": rows["old"].to_numpy(dtype=bool)} if "old" in rows else {})})
                        for number, (shift, width) in enumerate(bands(max_distance))], ignore_index=True)
     # the bucket's hash mixes band and value; int64 arithmetic wraps, which is fine for a hash
     mixed = keyed["value"].to_numpy() ^ (keyed["band"].to_numpy().astype(np.int64) * np.int64(0x9E3779B97F4A7C15 - (1 << 64)))
     return split_frame(keyed, hash_partition(mixed, n_partitions), n_partitions)
 
 
-def _pairs_within_runs(run_end: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (p, q), p in [first, last), p < q < run_end[p], of positions in sorted runs."""
+def _pairs_within_runs(run_end: np.ndarray, partners: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (p, q), p in [first, last), p < q <= p + partners[p] (< run_end[p]), of positions in sorted runs."""
     positions = np.arange(first, last)
-    partners = run_end[first:last] - positions - 1
+    partners = partners[first:last]
     total = int(partners.sum())
     left = np.repeat(positions, partners)
     ramp = np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners)
@@ -106,9 +112,14 @@ def _pairs_within_runs(run_end: np.ndarray, first: int, last: int) -> tuple[np.n
 
 
 def bucket_pairs(*pieces: pd.DataFrame, max_distance: int) -> pd.DataFrame:
-    """One partition's candidate pairs: same bucket, within ``max_distance`` bits, first agreeing band only."""
+    """One partition's candidate pairs: same bucket, within ``max_distance`` bits, first agreeing band only.
+
+    With an ``old`` column (an incremental run), pairs of two old rows are not formed: in each
+    bucket the new rows come first and only they start pairs.
+    """
     rows = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=["band", "value", "id", "phash"])
-    rows = rows.sort_values(["band", "value", "id"], kind="stable")
+    incremental = "old" in rows
+    rows = rows.sort_values(["band", "value", "old", "id"] if incremental else ["band", "value", "id"], kind="stable")
     band_of_row = rows["band"].to_numpy(dtype=np.int64)
     values = rows["value"].to_numpy(dtype=np.int64)
     ids = rows["id"].to_numpy(dtype=np.int64)
@@ -118,6 +129,8 @@ def bucket_pairs(*pieces: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     run = np.cumsum(starts)
     run_end = np.searchsorted(run, run, side="right")
     partners = run_end - np.arange(len(ids)) - 1
+    if incremental:
+        partners[rows["old"].to_numpy(dtype=bool)] = 0
     band_list = bands(max_distance)
     left_ids, right_ids = [], []
     cumulative = np.cumsum(partners)
@@ -125,7 +138,7 @@ def bucket_pairs(*pieces: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     while first < len(ids):
         budget_end = np.searchsorted(cumulative, (cumulative[first] - partners[first]) + PAIR_BUDGET, side="right")
         last = max(first + 1, int(budget_end))
-        p, q = _pairs_within_runs(run_end, first, last)
+        p, q = _pairs_within_runs(run_end, partners, first, last)
         xor = hashes[p] ^ hashes[q]
         close = np.bitwise_count(xor) <= max_distance
         p, q, xor = p[close], q[close], xor[close]
@@ -169,6 +182,40 @@ def groups_to_duplicates(a: np.ndarray, b: np.ndarray, ids: np.ndarray, uids: np
     keeper = smallest_per_group(labels, node_uids)
     duplicate = node_uids != keeper
     return pd.DataFrame({"id": nodes[duplicate], "duplicate_of": keeper[duplicate]})
+
+
+def incremental_groups(a: np.ndarray, b: np.ndarray, ids: np.ndarray, uids: np.ndarray,
+                       old_keepers: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`groups_to_duplicates` for a grown pool, from the pairs that involve a new row.
+
+    ``ids``/``uids``: every pair endpoint; ``old_keepers``: for an old endpoint the uid that its
+    old group kept (its own when it was kept), ``""`` for a new one. Each old group stands as one
+    node (named by its keeper), so new rows join, and may bridge, the old groups without the old
+    pairs; the group's smallest uid stays, as from scratch. Returns the new rows' duplicates
+    (``id``, ``duplicate_of``) and the old keepers that a new smaller uid displaces (``uid``,
+    ``duplicate_of``): their rows and every old row pointing to them now point to ``duplicate_of``.
+    """
+    empty = pd.DataFrame({"id": np.zeros(0, np.int64), "duplicate_of": np.zeros(0, dtype=str)})
+    if len(a) == 0:
+        return empty, pd.DataFrame({"uid": np.zeros(0, dtype=str), "duplicate_of": np.zeros(0, dtype=str)})
+    old_keepers = np.asarray(old_keepers).astype(str)
+    old = old_keepers != ""
+    # an old endpoint is represented by the smallest endpoint id of its old group
+    representative = np.asarray(ids, dtype=np.int64).copy()
+    if old.any():
+        groups = pd.Series(representative[old]).groupby(old_keepers[old]).transform("min").to_numpy()
+        representative[old] = groups
+    nodes = pd.DataFrame({"uid": np.where(old, old_keepers, np.asarray(uids).astype(str)), "old": old},
+                         index=representative)
+    nodes = nodes[~nodes.index.duplicated()]
+    lookup = pd.Series(representative, index=ids)
+    found = groups_to_duplicates(lookup.loc[a].to_numpy(), lookup.loc[b].to_numpy(), nodes.index.to_numpy(),
+                                 nodes["uid"].to_numpy())
+    node = nodes.loc[found["id"].to_numpy()]
+    is_old = node["old"].to_numpy(dtype=bool)
+    displaced = pd.DataFrame({"uid": node["uid"].to_numpy()[is_old],
+                              "duplicate_of": found["duplicate_of"].to_numpy()[is_old]})
+    return found.loc[~is_old].reset_index(drop=True), displaced
 
 
 def decisions_from_duplicates(name: str, ids: np.ndarray, duplicates: pd.DataFrame, reason: str,

@@ -2,6 +2,7 @@
 
 In:  one shard's decisions (``keep_<filter>``/``reason_<filter>`` per filter, ``embed_ok``,
      ``keep``) for :func:`shard_counts`; the counts of every shard for :func:`combine_counts`.
+     An incremental run's old shards add ``changed`` (their old decisions that changed), summed too.
 Out: :func:`filter_report`: samples and kept, removed per filter and reason, removed by that
      filter only, the overlap of every two filters, the skipped filters with why and the CLIP
      score cutoff; :func:`report_plot` draws it.
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.common.plots import png_bytes, subplots
+from tasks.filters.incremental import combine_changed
 
 
 def filter_names(frame: pd.DataFrame) -> list[str]:
@@ -41,10 +43,13 @@ def combine_counts(*parts: dict) -> dict:
     """The sum of several shards' counts (all made with the same filters)."""
     first = parts[0]
     reasons = {name: sum((p["reasons"][name] for p in parts), Counter()) for name in first["names"]}
-    return {"names": first["names"], "samples": sum(p["samples"] for p in parts), "kept": sum(p["kept"] for p in parts),
-            "removed_by": np.sum([p["removed_by"] for p in parts], axis=0),
-            "removed_only_by": np.sum([p["removed_only_by"] for p in parts], axis=0),
-            "overlap": np.sum([p["overlap"] for p in parts], axis=0), "reasons": reasons}
+    combined = {"names": first["names"], "samples": sum(p["samples"] for p in parts),
+                "kept": sum(p["kept"] for p in parts), "removed_by": np.sum([p["removed_by"] for p in parts], axis=0),
+                "removed_only_by": np.sum([p["removed_only_by"] for p in parts], axis=0),
+                "overlap": np.sum([p["overlap"] for p in parts], axis=0), "reasons": reasons}
+    if any("changed" in p for p in parts):  # an incremental run: old shards' decisions that changed
+        combined["changed"] = combine_changed([p["changed"] for p in parts if "changed" in p])
+    return combined
 
 
 def filter_report(counts: dict, skipped: dict, clip_cutoff: float | None) -> dict:

@@ -2,11 +2,13 @@
 
 - ``plan_embed_filter_task``: checks the embedder and the filters; resolves the pool once.
 - ``plan_filter_task``: the same plan for a pool that is already embedded (an imported one).
-- ``filter_folder_task``: the filter run's folder, from the embedding run's manifest.
-- ``rowwise_filters_task``: one shard's row-wise decisions (on the Dask workers).
+- ``filter_run_task``: the filter run's folder, from the embedding run's manifest, and for a grown
+  pool the previous run it is incremental against (:func:`tasks.filters.plan.filter_run`).
+- ``rowwise_filters_task``: one shard's row-wise decisions (on the Dask workers; an old shard's
+  are copied from the previous run).
 - ``poolwide_filters_task``: dedup, SemDeDup, CLIP score, the report and the manifest (cached by
-  the embedding manifest, the config and the evaluation sets), fanned out on the Dask cluster
-  the task runs on.
+  the run's folder: the embedding manifest, the config, the evaluation sets and the previous
+  run), fanned out on the Dask cluster the task runs on.
 - ``publish_latest_runs_task``: makes this run the pool's latest, then the artifacts.
 """
 
@@ -17,10 +19,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common.catalog import Catalog, EmbeddedShard, EmbeddingRun, PoolRecord
 from tasks.common.dask_cluster import task_client
+from tasks.common.plots import png_markdown
 from tasks.common.prefect_support import RETRY_DELAYS, artifact_key, retry_unless_input_error, validated_cache_key
 from tasks.common.store import Store
 from tasks.filters.config import FilterConfig
-from tasks.filters.plan import filter_folder, plan_embed_filter, plan_filter
+from tasks.filters.plan import filter_run, plan_embed_filter, plan_filter
 from tasks.filters.run import poolwide_filters, rowwise_filters
 
 
@@ -37,18 +40,21 @@ def plan_filter_task(store: Store, pool: dict, embeddings: dict, filters: dict |
     return plan_filter(Catalog(store), PoolRecord(pool["name"], pool), embeddings, filters, embedder)
 
 
-@task(name="filter_folder")
-def filter_folder_task(store: Store, plan: dict, embeddings: dict) -> str:
-    return filter_folder(Catalog(store), plan, embeddings)
+@task(name="filter_run")
+def filter_run_task(store: Store, plan: dict, embeddings: dict) -> dict:
+    """``folder``, ``previous`` (the run this one is incremental against, or None), ``reuse``, ``why``."""
+    run = filter_run(Catalog(store), plan, embeddings)
+    get_run_logger().info("filter run %s: %s", run["folder"], run["why"])
+    return run
 
 
 @task(name="rowwise_filters", retries=2, retry_delay_seconds=RETRY_DELAYS[:2],
       retry_condition_fn=retry_unless_input_error)
 def rowwise_filters_task(store: Store, shard: dict, config: dict, folder: str,
-                         eval_embeddings: str | None = None) -> str:
+                         eval_embeddings: str | None = None, reuse: str | None = None) -> str:
     target = Catalog(store).filter_rows(folder, shard["shard_id"])
     return rowwise_filters(store, EmbeddedShard.from_dict(shard), FilterConfig.from_dict(config), target,
-                           eval_embeddings)
+                           eval_embeddings, reuse)
 
 
 def _poolwide_key(context, parameters) -> str:
@@ -59,12 +65,12 @@ def _poolwide_key(context, parameters) -> str:
 @task(name="poolwide_filters", retries=1, retry_delay_seconds=RETRY_DELAYS[:1],
       retry_condition_fn=retry_unless_input_error, cache_key_fn=_poolwide_key)
 def poolwide_filters_task(store: Store, embeddings: dict, rows_files: dict[str, str], config: dict, folder: str,
-                          plan: dict) -> dict:
+                          plan: dict, previous: dict | None = None) -> dict:
     inputs = {"embeddings": embeddings["content_hash"], "pool_manifest": plan["pool"]["content_hash"],
               "eval_tasklist": plan["tasklist_hash"]}
     with task_client() as client:  # the pool-wide work fans out on the cluster this task runs on
         return poolwide_filters(Catalog(store), EmbeddingRun(embeddings), rows_files, FilterConfig.from_dict(config),
-                                folder, inputs, client=client)
+                                folder, inputs, client=client, previous=previous)
 
 
 @task(name="publish_latest_runs", retries=2, retry_delay_seconds=RETRY_DELAYS[:2],
@@ -82,9 +88,10 @@ def publish_latest_runs_task(store: Store, embeddings: dict, filters: dict) -> d
     rows += [{"filter": name, "removed": None, "removed_only_by_it": None, "reasons": f"skipped: {why}"}
              for name, why in report["skipped"].items()]
     pool = filters["name"]
-    create_table_artifact(key=artifact_key(pool, "filters"), table=rows,
+    create_table_artifact(key=artifact_key(store, pool, "filters"), table=rows,
                           description=f"Filters on pool `{pool}`: {report['kept']} of {report['samples']} kept.")
-    create_markdown_artifact(key=artifact_key(pool, "filter-report"), markdown=(
+    plot = png_markdown(store.read_bytes(store.relative(filters["outputs"]["plot"])), f"filters on {pool}")
+    create_markdown_artifact(key=artifact_key(store, pool, "filter-report"), markdown=(
         f"# Filters on `{pool}`\n\n{report['kept']} of {report['samples']} samples kept.\n\n"
-        f"- report: `{filters['outputs']['report']}`\n- plot: `{filters['outputs']['plot']}`\n"))
+        f"- report: `{filters['outputs']['report']}`\n\n{plot}\n"))
     return {"embeddings": embeddings, "filters": filters}

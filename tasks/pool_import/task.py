@@ -100,7 +100,7 @@ def publish_import_task(store: Store, plan: dict, summaries: list[dict]) -> dict
     catalog = Catalog(store)
     out = publish_import(catalog, plan, summaries)
     pool = plan["pool"]
-    create_markdown_artifact(key=artifact_key(pool, "import"), markdown=(
+    create_markdown_artifact(key=artifact_key(store, pool, "import"), markdown=(
         f"# Pool `{pool}` imported\n\n- source: `{plan['source']}` ({plan['format']}"
         f"{', ' + plan['embeddings'] if plan['embeddings'] else ''}, dimension {plan['dim']})\n"
         f"- shards: {len(plan['shards'])}, samples: {out['pool']['rows']['success']}\n"

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from tasks.common.errors import InputError, StageFailed
 from tasks.common.store import Store
-from tasks.common.webdataset import iter_samples
+from tasks.common.webdataset import check_member_name, iter_samples
 from tasks.common.webdataset import sizes_table, stats_for_resharded
 from tasks.sample.pool_samples import PoolShard, map_shards, read_rows
 
@@ -132,7 +132,7 @@ def _copy_members(store: Store, tar_uri: str, keys: dict[str, str], expected: in
     for key, files in iter_samples(tar_uri, expected=expected, keys=keys, storage_options=store.fsspec_options()):
         uid = keys[key]
         for ext, data in files.items():
-            info = tarfile.TarInfo(f"{uid}.{ext}")
+            info = tarfile.TarInfo(check_member_name(f"{uid}.{ext}", f"reshard of {tar_uri}"))
             info.size = len(data)
             out.addfile(info, io.BytesIO(data))
         found.add(uid)

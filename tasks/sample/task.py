@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common.catalog import Catalog, PoolSnapshot
 from tasks.common.dask_cluster import dask_client
+from tasks.common.plots import png_markdown
 from tasks.common.prefect_support import RETRY_DELAYS, artifact_key, retry_unless_input_error, validated_cache_key
 from tasks.common.store import Store
 from tasks.sample.run import SubsetConfig, make_subset, subset_folder
@@ -44,7 +45,7 @@ def _subset_cache_key(context, parameters) -> str:
 
 
 @task(name="make_subset", retries=2, retry_delay_seconds=RETRY_DELAYS[:2], retry_condition_fn=retry_unless_input_error,
-      cache_key_fn=_subset_cache_key)
+      cache_key_fn=_subset_cache_key, task_run_name="make_subset {name}")
 def make_subset_task(store: Store, snapshot: dict, name: str, config: dict, trees: dict, dask_address: str = "") -> dict:
     with dask_client(dask_address or None, gpu=False) as client:
         manifest = make_subset(Catalog(store), PoolSnapshot.from_dict(snapshot), name, SubsetConfig.from_dict(config),
@@ -56,18 +57,24 @@ def make_subset_task(store: Store, snapshot: dict, name: str, config: dict, tree
     return manifest
 
 
-@task(name="subset_report", retries=2, retry_delay_seconds=RETRY_DELAYS[:2], retry_condition_fn=retry_unless_input_error)
+@task(name="subset_report", retries=2, retry_delay_seconds=RETRY_DELAYS[:2], retry_condition_fn=retry_unless_input_error,
+      task_run_name="subset_report {manifest[name]}")
 def subset_report_task(store: Store, manifest: dict) -> list[dict]:
     """One row per step and grouping (tree level, metadata entries) with the main indicators."""
     report = store.read_json(store.relative(manifest["outputs"]["indicators"]))
     rows = [{"after": stage["after"], "samples": stage["samples"], "over": over,
              **{name: values.get(name) for name in REPORTED}}
             for stage in report["stages"] for over, values in stage.items() if isinstance(values, dict)]
-    create_table_artifact(key=artifact_key(manifest["name"], "indicators"), table=rows,
+    pool, name = manifest["name"].split("/", 1)
+    create_table_artifact(key=artifact_key(store, pool, "subset", name, "indicators"), table=rows,
                           description=f"Dataset-scale indicators of subset `{manifest['name']}` after each step.")
     steps = "\n".join(f"- {figure['step']}: {figure['size']} samples{_step_details(figure)}" for figure in report["steps"])
-    create_markdown_artifact(key=artifact_key(manifest["name"], "subset"), markdown=(
+    plots = "".join(f"\n\n{png_markdown(store.read_bytes(store.relative(manifest['outputs'][output])), title)}"
+                    for output, title in (("cluster_sizes_plot", "samples per cluster"),
+                                          ("entry_counts_plot", "samples per metadata entry"))
+                    if output in manifest["outputs"])
+    create_markdown_artifact(key=artifact_key(store, pool, "subset", name), markdown=(
         f"# Subset `{manifest['name']}`\n\n{manifest['rows']['subset']} of {manifest['rows']['pool']} samples\n\n"
         f"{steps}\n\n- parquet: `{manifest['outputs']['parquet']}`\n- DataComp uids: `{manifest['outputs']['datacomp']}`"
-        f"\n- indicators: `{manifest['outputs']['indicators']}`\n"))
+        f"\n- indicators: `{manifest['outputs']['indicators']}`{plots}\n"))
     return rows

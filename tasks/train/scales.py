@@ -53,6 +53,15 @@ class TrainConfig:
         return self.epochs * self.samples_per_epoch
 
     def validate(self) -> None:
+        whole = ("batch_size", "samples_seen", "checkpoint_steps", "warmup", "log_every_n_steps", "workers", "seed")
+        for name in whole:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"training parameter {name}: must be a whole number, got {value!r}")
+        for name in ("lr", "wd", "beta2", "grad_clip_norm"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise InputError(f"training parameter {name}: must be a number, got {value!r}")
         positive = ("batch_size", "samples_seen", "checkpoint_steps", "warmup", "log_every_n_steps")
         for name in positive:
             if getattr(self, name) < (0 if name == "warmup" else 1):

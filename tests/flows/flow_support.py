@@ -44,7 +44,7 @@ def task_run_states(flow_run_id) -> dict[str, list[str]]:
     """Task name -> state names of the task runs of one flow run."""
     states: dict[str, list[str]] = {}
     for run in task_runs(flow_run_id):
-        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+        states.setdefault(run.name.split(" ", 1)[0].rsplit("-", 1)[0], []).append(run.state.name)
     return states
 
 

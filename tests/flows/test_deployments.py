@@ -32,7 +32,8 @@ def test_deploy_and_run_through_a_process_worker(prefect_harness, tmp_path):
     refresh = deployments["pool-refresh"]
     assert refresh.work_pool_name == "curation-process"
     assert [s.schedule.cron for s in refresh.schedules] == ["0 3 * * *"]
-    assert set(refresh.parameters) == {"pool_index", "store", "pool_name"}
+    assert set(refresh.parameters) == {"pool_index", "store", "pool_name", "embedder", "filters", "clustering", "subsets",
+                                      "tree_update"}
     assert refresh.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
 
     quick = {"samples_seen": 256, "batch_size": 64, "checkpoint_steps": 2, "warmup": 1}

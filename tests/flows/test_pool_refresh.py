@@ -9,6 +9,7 @@ from prefect.artifacts import Artifact
 from flow_support import FAST_DOWNLOAD, shard_metadata, shard_samples, task_run_states
 from flows.pool_refresh import pool_refresh
 from tasks.common.catalog import Catalog
+from tasks.common.prefect_support import artifact_key
 from tasks.common.store import Store
 
 PLANTED = {"failed_to_download": ("http_404", "timeout", "truncated"), "failed_to_resize": ("not_an_image",)}
@@ -58,7 +59,7 @@ def test_manifest_report_and_artifact(first_run):
     for shard in manifest["outputs"]["shards"]:
         folder, name = store.relative(shard["tar"]).rsplit("/", 1)
         assert store.read_json(f"{folder}/sizes.json")[name] == shard["n_success"]
-    artifact = Artifact.get("e2e-download")
+    artifact = Artifact.get(artifact_key(store, "e2e", "download"))
     assert artifact is not None and artifact.type == "table"
     rows = {(r["status"], r["reason"]): r["count"] for r in json.loads(artifact.data)}
     assert rows[("success", "(all)")] == manifest["rows"]["success"]

@@ -9,6 +9,7 @@ from flows.pool_refresh import pool_refresh
 from flows.train_eval import train_eval
 from tasks.common.catalog import Catalog
 from tasks.common.errors import InputError
+from tasks.common.prefect_support import artifact_key
 from tasks.common.store import Store
 from tasks.demo_pool.eval_sets import generate_eval_sets
 
@@ -36,7 +37,7 @@ def test_train_then_evaluate_then_cache_hits(small_pool, tasklist):
         assert the_store.read_json(f"{folder}/manifest.json") == manifest
         assert Catalog(the_store).missing_outputs(manifest) == []
     assert the_store.exists(the_store.relative(evaluation["outputs"]["summary"]))
-    artifact = Artifact.get("evaluation-flow")
+    artifact = Artifact.get(artifact_key(the_store, "flow", "evaluation"))
     assert artifact is not None and artifact.type == "table"
 
     again = train_eval(store=store, data="pools/e2e/manifest.json", tasklist=tasklist, overrides=QUICK,

@@ -72,3 +72,51 @@ def test_run_names_that_are_not_one_folder_name_are_refused(tmp_path, name):
 
 def test_run_folder_of_a_good_name():
     assert run_folder("ab-random_2", "h", scale_config("tiny", FEW_STEPS)).startswith("train/ab-random_2-")
+
+
+# ----- checkpoints are read with weights_only=True: a pickled payload cannot run -------------------------
+class _Payload:
+    """Unpickling this object creates the file ``marker`` (it stands for any code an attacker wants run)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _poisoned_checkpoint(path, marker) -> str:
+    import torch
+
+    torch.save({"epoch": 1, "state_dict": {}, "payload": _Payload(marker)}, path)
+    return str(path)
+
+
+def test_a_poisoned_checkpoint_in_the_store_is_refused_by_create_clip(tmp_path, monkeypatch):
+    from tasks.common.models import create_clip
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # even where the environment turned the default off
+    marker = tmp_path / "ran"
+    store = Store(str(tmp_path / "store"))
+    store.put_file(_poisoned_checkpoint(tmp_path / "evil.pt", marker), "train/x/checkpoints/epoch_1.pt")
+    with pytest.raises(InputError, match=r"checkpoint .*epoch_1\.pt does not fit model .*Weights only load failed"):
+        create_clip("Tiny-ViT-48px", store.uri("train/x/checkpoints/epoch_1.pt"), device="cpu")
+    assert not marker.exists()
+
+
+def test_the_training_child_resumes_only_with_weights_only(tmp_path):
+    """open_clip_train resumes with ``pt_load`` (a torch.load without weights_only): the child entry
+    forces weights_only, even in an environment that turned torch's default off."""
+    import os
+    import sys
+
+    marker = tmp_path / "ran"
+    checkpoint = _poisoned_checkpoint(tmp_path / "epoch_latest.pt", marker)
+    script = ("import sys, open_clip_train.main as m, open_clip_train.file_utils as f\n"
+              f"m.main = lambda argv: f.pt_load({checkpoint!r}, map_location='cpu')\n"
+              "from tasks.train.launch import main\n"
+              "sys.exit(main([]))\n")
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Weights only load failed" in done.stderr, done.stderr[-2000:]
+    assert not marker.exists()
