@@ -13,7 +13,9 @@ Out: the automation ``crash-flow-runs-without-heartbeat`` (one, whatever how oft
 Why: when the machine running a flow dies (preemption, OOM killer, a SIGKILLed worker and flow
 process), no process is left to report it, and the run would stay Running for ever. Flow runs send
 a heartbeat every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (30 for this project's deployments:
-prefect.yaml and prefect.toml); the timeout should be several heartbeats long. Subflow runs send
+prefect.yaml and prefect.toml); the timeout should be several heartbeats long. The automation
+matches every flow run on the server, so its default (600 s) is more than three heartbeats of
+Prefect's default interval (180 s), which other projects' flows on a shared server keep. Subflow runs send
 heartbeats too, so they end Crashed with their parent; their task runs are marked Crashed when the
 run is retried (tasks/common/leftover_runs.py).
 """
@@ -30,7 +32,7 @@ from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 
 CRASH_AUTOMATION = "crash-flow-runs-without-heartbeat"
-HEARTBEAT_TIMEOUT_S = 150  # five heartbeats at the deployments' 30 s
+HEARTBEAT_TIMEOUT_S = 600  # > 3 of Prefect's default 180 s heartbeats: a shared server's other flows are not crashed
 FINAL_EVENTS = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
 
 

@@ -71,10 +71,10 @@ def curate(store: str, pool_name: str, clustering: dict | None = None, subsets: 
         "subsets": name -> the subset's manifest}.
     """
     crash_leftover_runs()  # a retried run: what its killed process left Running ends Crashed
+    the_store = store_from(store, storage_options)  # first: a secret in the options is refused and scrubbed
     parsed = {name: SubsetConfig.from_dict(recipe).to_dict() for name, recipe in (subsets or {}).items()}
     config = ClusterConfig.from_dict(clustering).to_dict() if cluster else None
     update = TreeUpdateConfig.from_dict(tree_update)
-    the_store = store_from(store, storage_options)
     snapshot = resolve_pool_task(the_store, pool_name)  # every task below reads this one resolution
     out: dict = {"tree": None, "assigned": None, "subsets": {}}
     trees = {}

@@ -49,8 +49,8 @@ def export_pool(store: str, pool_name: str, embeddings_key: str = "", shards: bo
         The export stage's manifest (outputs: folder, metadata files per shard, shards, sizes).
     """
     crash_leftover_runs()  # a retried run: what its killed process left Running ends Crashed
+    the_store = store_from(store, storage_options)  # first: a secret in the options is refused and scrubbed
     config = ExportConfig(embeddings_key=embeddings_key, shards=shards).to_dict()  # bad settings fail here
-    the_store = store_from(store, storage_options)
     snapshot = resolve_pool_task(the_store, pool_name)
     plan = plan_export_task(the_store, snapshot, config)
     export = cached_in_store(export_shard_task, the_store)

@@ -23,6 +23,7 @@ from tasks.common.errors import InputError
 from tasks.common.leftover_runs import crash_leftover_runs
 from tasks.common.prefect_settings import use_project_settings
 from tasks.common.prefect_support import untracked
+from tasks.common.secrets import refuse_secret_options
 from tasks.common.store import Store
 from tasks.sample.run import SubsetConfig
 
@@ -53,6 +54,7 @@ def pipeline(pool_index: str, store: str, tasklist: str, embedder: dict, subsets
         storage_options: fsspec options for an s3:// store.
     """
     crash_leftover_runs()  # a retried run: what its killed process left Running ends Crashed
+    refuse_secret_options(storage_options)  # first: a secret in the options is refused and scrubbed
     if not subsets:
         raise InputError("pipeline: subsets is empty; name at least one recipe, e.g. {\"balanced\": "
                          "[{\"step\": \"hkmeans\", \"target\": 100000}]}")

@@ -114,6 +114,7 @@ def pool_refresh(
     """
     # settings checked whole before anything downloads
     crash_leftover_runs()  # a retried run: what its killed process left Running ends Crashed
+    the_store = store_from(store, storage_options)  # first: a secret in the options is refused and scrubbed
     if (clustering is not None or subsets) and not embedder:
         raise InputError("clustering and subsets: pool_refresh makes them after embedding and filtering; give an "
                          "embedder too (or run the curate flow on an embedded pool)")
@@ -124,7 +125,6 @@ def pool_refresh(
     TreeUpdateConfig.from_dict(tree_update)
     config = dict(image_size=image_size, resize_mode=resize_mode, timeout=timeout, retries=retries,
                   shard_size=shard_size, processes=processes_per_slice, threads=threads)
-    the_store = store_from(store, storage_options)
     plans = plan_pool_download_task(the_store, pool_index, pool_name, slice_size, config)
     download = cached_in_store(download_slice_task, the_store)
     calls = [(the_store, plan, config) for plan in plans]

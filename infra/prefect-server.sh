@@ -48,10 +48,17 @@ PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n
 RUNAS=()
 [[ $(id -u) == 0 ]] && RUNAS=(runuser -u postgres --)  # PostgreSQL refuses to run as root
 
+# whether the process in $PIDFILE is a Prefect server (not a process that reused a stale id)
+recorded_server() {
+  [[ -f $PIDFILE ]] || return 1
+  local pid; pid=$(cat "$PIDFILE")
+  [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "server start"
+}
+
 if [[ $ACTION == stop ]]; then
   if [[ -f $PIDFILE ]]; then
     pid=$(cat "$PIDFILE")
-    if kill -0 "$pid" 2>/dev/null; then
+    if recorded_server; then
       kill -TERM "$pid"
       for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
       kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
@@ -63,6 +70,12 @@ if [[ $ACTION == stop ]]; then
     "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop
   fi
   exit 0
+fi
+
+if recorded_server; then
+  echo "a Prefect server started by this script is running (process $(cat "$PIDFILE"), $PIDFILE): stop it first" \
+       "with: $0 stop" >&2
+  exit 2
 fi
 
 if [[ $POSTGRES == 1 ]]; then

@@ -37,7 +37,7 @@ from tasks.cluster.drift import TreeShape, TreeUpdateConfig, beyond_reference, d
 from tasks.cluster.hierarchical import ClusterLevel, normalise_rows
 from tasks.cluster.kmeans import assign_points
 from tasks.cluster.pool_input import inputs_table, pool_embeddings, write_inputs
-from tasks.cluster.run import CLUSTER_VERSION, ClusterConfig, publish_tree
+from tasks.cluster.run import CLUSTER_VERSION, ClusterConfig, filter_settings, publish_tree
 from tasks.cluster.tree import StoreCheckpoints, load_tree, reference_path, samples_per_cluster
 from tasks.common.catalog import Catalog, PoolSnapshot
 from tasks.common.errors import InputError
@@ -47,13 +47,16 @@ from tasks.common.store import Store
 
 def previous_tree(catalog: Catalog, snapshot: PoolSnapshot, config: ClusterConfig) -> dict | None:
     """The newest finished tree of the pool to assign this snapshot to, or ``None``: same config, same
-    code version, embedded by the same embedder (same embedding folder), made from another snapshot."""
-    embedded, _ = snapshot.require_filtered("tree update")
+    code version, embedded by the same embedder (same embedding folder) and filtered with the same
+    settings, made from another snapshot."""
+    embedded, filtered = snapshot.require_filtered("tree update")
+    settings = filter_settings(filtered.manifest)
     version = code_version("cluster", CLUSTER_VERSION)
     for manifest in reversed(catalog.trees(snapshot.pool.name)):
         if (manifest.get("config") == config.to_dict() and manifest.get("code_version") == version
                 and manifest.get("inputs") != snapshot.hashes
-                and manifest.get("stats", {}).get("embedding_folder") == embedded.manifest["outputs"]["folder"]):
+                and manifest.get("stats", {}).get("embedding_folder") == embedded.manifest["outputs"]["folder"]
+                and manifest.get("stats", {}).get("filter_settings") == settings):
             return manifest
     return None
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from tasks.cluster.hierarchical import ClusterLevel
 from tasks.common.errors import InputError
+from tasks.common.options import check_known_settings
 
 UPDATE_MODES = ("assign", "fit")
 ON_DRIFT = ("warn", "recluster")
@@ -59,10 +60,7 @@ class TreeUpdateConfig:
     @classmethod
     def from_dict(cls, values: dict | None) -> "TreeUpdateConfig":
         values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InputError(f"tree_update: unknown setting(s) {sorted(unknown)}; known: "
-                             f"{sorted(cls.__dataclass_fields__)}")
+        check_known_settings("tree_update", values, cls.__dataclass_fields__)
         config = cls(**values)
         if config.mode not in UPDATE_MODES:
             raise InputError(f"tree_update mode={config.mode!r}: expected one of {', '.join(UPDATE_MODES)}")

@@ -25,6 +25,7 @@ from tasks.common.catalog import Catalog, PoolSnapshot
 from tasks.common.errors import InputError
 from tasks.common.hashing import code_version, hash_json
 from tasks.common.manifest import Manifest
+from tasks.common.options import check_known_settings
 from tasks.common.plots import png_bytes, subplots
 
 CLUSTER_VERSION = 3  # bump when a change alters the tree a config produces (3: k-means||, automatic recursive split)
@@ -54,10 +55,7 @@ class ClusterConfig:
         if values is not None and not isinstance(values, dict):
             raise InputError(f"clustering: expected an object of settings, got {values!r}")
         values = dict(values or {})
-        unknown = set(values) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise InputError(f"clustering: unknown setting(s) {sorted(unknown)}; known: "
-                             f"{sorted(cls.__dataclass_fields__)}")
+        check_known_settings("clustering", values, cls.__dataclass_fields__)
         config = cls(**values)
         if config.metric not in METRICS:
             raise InputError(f"clustering metric={config.metric!r}: expected one of {', '.join(METRICS)}")
@@ -119,7 +117,7 @@ def publish_tree(catalog: Catalog, snapshot: PoolSnapshot, config: ClusterConfig
     ``levels``: its :class:`~tasks.cluster.hierarchical.ClusterLevel` list (already saved under
     ``folder``); ``ran``: what each level ran; ``stats``/``outputs``: what an assigned tree adds."""
     store = catalog.store
-    embedded, _ = snapshot.require_filtered("clustering")
+    embedded, filtered = snapshot.require_filtered("clustering")
     per_cluster = samples_per_cluster(levels)
     samples, dim = int(len(levels[0].labels)), int(levels[0].centroids.shape[1])
     summary = {
@@ -138,11 +136,17 @@ def publish_tree(catalog: Catalog, snapshot: PoolSnapshot, config: ClusterConfig
                  "plot": store.write_bytes(f"{folder}/cluster_sizes.png", cluster_size_plot(per_cluster)),
                  "tree": store.write_json(f"{folder}/tree.json", summary), **(outputs or {})},
         rows={"samples": samples, **{f"level_{level['level']}_k": level["k"] for level in summary["levels"]}},
-        # the embedding run's folder (one per embedder and pool): a later, grown snapshot of the pool
-        # may be assigned to this tree only when it was embedded by the same embedder
+        # the embedding run's folder (one per embedder and pool) and the filter settings: a later, grown
+        # snapshot of the pool may be assigned to this tree only when embedded and filtered the same way
         stats={"levels": summary["levels"], "dim": dim, "metric": config.metric,
-               "embedding_folder": embedded.manifest["outputs"]["folder"], **(stats or {})})
+               "embedding_folder": embedded.manifest["outputs"]["folder"],
+               "filter_settings": filter_settings(filtered.manifest), **(stats or {})})
     return catalog.publish(folder, manifest)
+
+
+def filter_settings(filter_manifest: dict) -> str:
+    """A hash of a filter run's settings and code version: what a tree's samples were chosen by."""
+    return hash_json({"config": filter_manifest.get("config"), "code_version": filter_manifest.get("code_version")})
 
 
 def cluster_size_plot(per_cluster: list[np.ndarray]) -> bytes:

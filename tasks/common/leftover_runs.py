@@ -16,6 +16,8 @@ the flow run starts again none of them can still be running: the body has not st
 from __future__ import annotations
 
 LEFTOVER_STATES = ("RUNNING", "PENDING", "SCHEDULED", "PAUSED", "CANCELLING")
+PAGE = 200  # Prefect's server caps a page at PREFECT_SERVER_API_DEFAULT_LIMIT (200)
+MAX_PAGES = 1_000
 
 
 def crash_leftover_runs() -> int:
@@ -38,21 +40,30 @@ def crash_leftover_runs() -> int:
     count = 0
     with get_client(sync_client=True) as client:
         tree, frontier = [run.id], [run.id]
-        while frontier:  # subflow runs, any depth
-            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+        while frontier:  # subflow runs, any depth, read a page at a time (the API caps a page)
+            children = []
+            while page := client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)), offset=len(children),
+                    limit=PAGE):
+                children += page
             frontier = [child.id for child in children if child.id not in tree]
             tree += frontier
             for child in children:
                 if child.state_type in states:
                     client.set_flow_run_state(child.id, crashed.model_copy(), force=True)
                     count += 1
-        tasks = client.read_task_runs(task_run_filter=TaskRunFilter(
-            flow_run_id=TaskRunFilterFlowRunId(any_=tree),
-            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=states))))
-        for task_run in tasks:
-            client.set_task_run_state(task_run.id, crashed.model_copy(), force=True)
-        count += len(tasks)
+        leftover = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=tree),
+                                 state=TaskRunFilterState(type=TaskRunFilterStateType(any_=states)))
+        marked: set = set()
+        for _ in range(MAX_PAGES):  # a marked run leaves the filter, so each page holds new ones
+            tasks = [task_run for task_run in client.read_task_runs(task_run_filter=leftover, limit=PAGE)
+                     if task_run.id not in marked]
+            if not tasks:
+                break
+            for task_run in tasks:
+                client.set_task_run_state(task_run.id, crashed.model_copy(), force=True)
+                marked.add(task_run.id)
+        count += len(marked)
     if count:
         get_run_logger().warning("marked Crashed %d subflow and task runs that an earlier attempt of this flow run "
                                  "left unfinished", count)

@@ -20,6 +20,13 @@ from tasks.common.errors import InputError
 _JSON_WORDS = ("true", "false", "null")
 
 
+def check_known_settings(where: str, values: Iterable[str], known: Iterable[str]) -> None:
+    """An InputError naming ``where``, the unknown settings among ``values`` and the ``known`` ones, if any."""
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InputError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+
+
 def json_option(name: str, text: str) -> Any:
     """``text`` parsed as JSON; an InputError naming option ``name`` and the position otherwise."""
     if not text.strip():

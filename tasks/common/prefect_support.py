@@ -175,6 +175,8 @@ class StoreLockManager(LockManager):
                 return True
             lease = self._read(key)
             if lease is not None and lease.get("holder") == holder:
+                if (self.store.root, key, holder) not in _RENEWALS:  # our create whose answer was lost
+                    _start_renewal(self, key, holder)
                 return True
             if lease is not None and self._stale(lease):
                 self.store.remove(self._path(key))
@@ -218,31 +220,43 @@ class StoreLockManager(LockManager):
         return await anyio.to_thread.run_sync(self.wait_for_lock, key, timeout)
 
 
-_RENEWALS: dict[tuple[str, str, str], threading.Event] = {}  # (store root, key, holder) -> stop
+_RENEWALS: dict[tuple[str, str, str], tuple[threading.Event, threading.Thread]] = {}  # (root, key, holder)
+RENEWAL_FAILURES = 3  # renewals failed in a row before the holder gives its lease up (it then lapses)
 
 
 def _start_renewal(manager: StoreLockManager, key: str, holder: str) -> None:
-    """Rewrite the lease every quarter of its length until :func:`_stop_renewal` (a daemon thread)."""
+    """Rewrite the lease every quarter of its length until :func:`_stop_renewal` (a daemon thread); after
+    RENEWAL_FAILURES failures in a row it stops, with a warning, and the lease lapses."""
+    import logging
+
     stop = threading.Event()
-    _RENEWALS[(manager.store.root, key, holder)] = stop
 
     def renew():
+        failures = 0
         while not stop.wait(manager.lease_seconds / 4):
             try:
                 lease = manager._read(key)
-                if lease is None or lease.get("holder") != holder:
+                if lease is None or lease.get("holder") != holder or stop.is_set():
                     return
                 manager.store.write_bytes(manager._path(key), manager._lease(holder))
-            except Exception:  # noqa: BLE001 - the store is unreachable now: try again at the next beat
-                continue
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - the store is unreachable now: try again at the next beat
+                failures += 1
+                logging.getLogger(__name__).warning("lease %s: renewal failed (%s), %d in a row", key, exc, failures)
+                if failures >= RENEWAL_FAILURES:
+                    return
 
-    threading.Thread(target=renew, name=f"lease-{key}", daemon=True).start()
+    thread = threading.Thread(target=renew, name=f"lease-{key}", daemon=True)
+    _RENEWALS[(manager.store.root, key, holder)] = (stop, thread)
+    thread.start()
 
 
 def _stop_renewal(manager: StoreLockManager, key: str, holder: str) -> None:
-    stop = _RENEWALS.pop((manager.store.root, key, holder), None)
+    """Stop the lease's renewal and wait for it, so that no renewal writes the lease back after release."""
+    stop, thread = _RENEWALS.pop((manager.store.root, key, holder), (None, None))
     if stop is not None:
         stop.set()
+        thread.join(timeout=manager.lease_seconds)
 
 
 def retry_unless_input_error(task, task_run, state) -> bool:

@@ -28,7 +28,9 @@ CREDENTIALS_BLOCK = "credentials_block"
 SECRET_NAMES = frozenset({"key", "secret", "token", "password", "passwd", "pwd"})
 SECRET_PARTS = ("secret", "password", "passwd", "token", "access_key", "accesskey", "account_key",
                 "private_key", "api_key", "apikey", "credential", "connection_string", "authorization")
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=@)")
+# user:password@ in a URL; a password may hold '/' (a URL with a port and an '@' later in its path is
+# over-redacted, which is harmless)
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^\s@]+(?=@)")
 
 
 def is_secret_name(name: Any) -> bool:

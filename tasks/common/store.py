@@ -230,6 +230,10 @@ class Store:
                 self._call(self.fs.pipe_file, target, data, mode="create")
             except FileExistsError:
                 return False
+            except OSError as exc:  # s3fs names a 412 FileExistsError only when the answer says which condition
+                if _precondition_failed(exc):
+                    return False
+                raise
             return True
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fd, tmp = _temporary_file(target)
@@ -342,6 +346,8 @@ def is_transient_error(exc: BaseException) -> bool:
     """Whether ``exc`` (or an exception it was raised from) is an object-store error worth retrying: an HTTP
     5xx or throttling answer (botocore's ClientError, or the OSError s3fs makes of it: EREMOTEIO for
     500 InternalError, EBUSY for 503 SlowDown), or a reset, closed or timed-out connection."""
+    if isinstance(exc, (FileNotFoundError, FileExistsError, PermissionError)):
+        return False  # an answer, not a fault: even when raised while handling a fault
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -354,6 +360,19 @@ def is_transient_error(exc: BaseException) -> bool:
             status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
             if status >= 500 or str((response.get("Error") or {}).get("Code", "")) in _TRANSIENT_CODES:
                 return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _precondition_failed(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it came from is an HTTP 412 (a conditional write refused)."""
+    while exc is not None:
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict) and ((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") == 412
+                                           or (response.get("Error") or {}).get("Code") == "PreconditionFailed"):
+            return True
+        if "PreconditionFailed" in str(exc) or "412" in str(exc):
+            return True
         exc = exc.__cause__ or exc.__context__
     return False
 

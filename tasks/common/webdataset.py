@@ -61,15 +61,17 @@ def count_samples(uri: str, expected: int | None = None, storage_options: dict |
     return sum(1 for _ in _read(uri, expected, (), storage_options))
 
 
-def check_member_name(name: str, where: str, link_target: str | None = None) -> str:
+def check_member_name(name: str, where: str, link_target: str | None = None, hard_link: bool = False) -> str:
     """``name`` when it is safe to extract: not empty, relative, no ``..`` component, no NUL, and for a
-    link (``link_target``: its target) a target that stays inside the archive. Otherwise
-    :class:`InputError` naming ``where`` (the shard) and the member."""
+    link (``link_target``: its target) a target that stays inside the archive: a symbolic link's
+    target is relative to the member's folder, a hard link's (``hard_link``) to the archive's root.
+    Otherwise :class:`InputError` naming ``where`` (the shard) and the member."""
     if not name or name.startswith("/") or "\0" in name or ".." in name.split("/"):
         raise InputError(f"{where}: tar member {name!r} is an absolute path or leaves the archive's folder "
                          f"('..'): refused, an unsafe tar")
     if link_target is not None:
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), link_target))
+        base = "" if hard_link else posixpath.dirname(name)
+        resolved = posixpath.normpath(posixpath.join(base, link_target))
         if link_target.startswith("/") or resolved == ".." or resolved.startswith("../") or "\0" in link_target:
             raise InputError(f"{where}: tar member {name!r} links to {link_target!r}, outside the archive: "
                              f"refused, an unsafe tar")
@@ -138,7 +140,7 @@ class _Members:
             name = (long_name or _header_name(header)).decode("utf-8", "replace")
             link = (long_link or header[157:257].split(b"\0", 1)[0]).decode("utf-8", "replace")
             long_name = long_link = None
-            check_member_name(name, f"shard {self.uri}", link if kind in LINKS else None)
+            check_member_name(name, f"shard {self.uri}", link if kind in LINKS else None, hard_link=kind == b"1")
             if kind in REGULAR:
                 self.pending = padded - size
                 yield name, size

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from tasks.common.errors import InputError
 from tasks.common.hashing import hash_json
+from tasks.common.options import check_known_settings
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,7 @@ class EmbedderSpec:
         if not isinstance(values, dict):
             raise InputError(f"embedder: expected an object such as {{\"model\": \"ViT-B-32\", \"checkpoint\": "
                              f"\"openai\"}}, got {values!r}")
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise InputError(f"embedder: unknown setting(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        check_known_settings("embedder", values, cls.__dataclass_fields__)
         spec = cls(**{"model": "", "checkpoint": "", **values})
         spec.validate()
         return spec

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tasks.common.errors import InputError
+from tasks.common.options import check_known_settings
 
 DEFAULT_NSFW_TERMS = ("nsfw", "nude", "nudes", "nudity", "porn", "porno", "pornographic", "xxx", "sexy", "sex",
                       "explicit adult", "erotic", "hentai", "onlyfans", "camgirl")
@@ -73,9 +74,7 @@ class FilterConfig:
     @classmethod
     def from_dict(cls, data: dict | None) -> "FilterConfig":
         data = dict(data or {})
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InputError(f"filters: unknown setting(s) {sorted(unknown)}")
+        check_known_settings("filters", data, cls.__dataclass_fields__)
         if "nsfw_terms" in data:
             data["nsfw_terms"] = tuple(data["nsfw_terms"])
         config = cls(**data)

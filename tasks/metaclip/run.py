@@ -46,6 +46,7 @@ import numpy as np
 
 from tasks.common.catalog import Catalog
 from tasks.common.errors import InputError, StageFailed
+from tasks.common.options import check_known_settings
 from tasks.common.store import Store
 from tasks.metaclip.balance import (_Rows, _check_t, _match_counts, bisect_threshold, draw as draw_texts)
 from tasks.metaclip.matching import EntryMatcher, Matches
@@ -82,9 +83,7 @@ def pool_metadata(catalog: Catalog, table: PoolTable, source: str = BUILT_FROM_P
 def pooled_ngrams(table: PoolTable, client=None, **options: Any) -> list[str]:
     """:func:`~tasks.metaclip.metadata.pool_ngrams` of the pool's captions, counted per shard and merged
     by partition (see the module doc); the same list, most frequent first."""
-    unknown = sorted(set(options) - set(NGRAM_OPTIONS))
-    if unknown:
-        raise InputError(f"metaclip ngrams: unknown setting(s) {unknown}; known: {sorted(NGRAM_OPTIONS)}")
+    check_known_settings("metaclip ngrams", options, NGRAM_OPTIONS)
     options = {**NGRAM_OPTIONS, **options}
     min_unigram, min_bigram, min_pmi = (options["min_unigram_count"], options["min_bigram_count"],
                                         options["min_bigram_pmi"])

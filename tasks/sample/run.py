@@ -49,6 +49,7 @@ from tasks.common.catalog import Catalog, ClusterTree, PoolSnapshot, shard_id
 from tasks.common.errors import InputError, StageFailed
 from tasks.common.hashing import code_version, hash_json
 from tasks.common.manifest import Manifest
+from tasks.common.options import check_known_settings
 from tasks.common.store import Store
 from tasks.metaclip.balance import report_from_counts, threshold_for_tail_share
 from tasks.metaclip.run import BUILT_FROM_POOL, PoolMatches, match_pool, pool_metadata
@@ -80,9 +81,7 @@ class SubsetConfig:
         """From a recipe (a list of steps, or a named recipe such as ``"datacomp:clip_l14_30"``) or a dict
         of settings; a named recipe is stored as its steps."""
         values = {"recipe": values} if isinstance(values, (list, str)) else dict(values)
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InputError(f"subset: unknown setting(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        check_known_settings("subset", values, cls.__dataclass_fields__)
         values["recipe"] = tuple(parse_recipe(values.get("recipe")))
         if "long_tail_thresholds" in values:
             values["long_tail_thresholds"] = tuple(int(v) for v in values["long_tail_thresholds"])
