@@ -50,7 +50,7 @@ AB_TRAINING = {"samples_seen": 10_240, "batch_size": 128}
 
 @flow(name="demo", log_prints=True)
 def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed: int = 0,
-         timeout: int = 10, dask_address: str = "", train_overrides: dict | None = None,
+         timeout: int = 4, dask_address: str = "", train_overrides: dict | None = None,
          storage_options: dict | None = None) -> dict:
     """Run the pipeline on the demo web pool.
 
@@ -59,7 +59,8 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
         store: store root; empty means ``<workdir>/store``. May be s3://bucket/prefix.
         n_samples: size of the demo pool.
         seed: the demo pool's seed.
-        timeout: seconds before a download request is abandoned.
+        timeout: seconds before a download request is abandoned (the demo server answers in milliseconds;
+            a shard of the download waits this long for each of its planted hanging URLs).
         dask_address: an existing Dask scheduler (tcp://host:8786); empty means a local cluster.
         train_overrides: hyperparameters of the ``tiny`` training scale to change (e.g. samples_seen).
         storage_options: fsspec options for an s3:// store (no secrets: credentials come from the

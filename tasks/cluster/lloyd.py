@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 DEFAULT_CHUNK_ROWS = 2048  # rows per matrix product: its scores stay in cache
+SUM_CHUNK_ROWS = 16384  # rows of a float16 block converted to float32 at a time for the partial sums
 
 
 def array_module(array):
@@ -89,18 +90,34 @@ def assign(points, centroids, chunk_rows: int = DEFAULT_CHUNK_ROWS):
     return labels, distances
 
 
-def cluster_sums(points, labels, k: int):
+def cluster_sums(points, labels, k: int, chunk_rows: int = SUM_CHUNK_ROWS):
     """The clusters that ``labels`` touch (sorted ids), their sums of ``points`` (float64, one row
     per id) and counts, by a sparse one-hot product: the cost and the result grow with the block,
-    not with ``k``."""
+    not with ``k``.
+
+    A float32 (or float64) block is multiplied as it is. A narrower block (float16) is never copied
+    whole to float32: its rows are grouped by cluster and summed ``chunk_rows`` at a time, each chunk
+    touching one contiguous range of the sorted ids.
+    """
     xp = array_module(points)
     sparse = _sparse_module(xp)
-    n = points.shape[0]
+    n, d = points.shape
     ids, inverse = xp.unique(labels, return_inverse=True)
     inverse = inverse.reshape(-1)
-    one_hot = sparse.csr_matrix((xp.ones(n, dtype=xp.float32), (inverse, xp.arange(n))), shape=(len(ids), n))
-    sums = xp.asarray(one_hot @ points.astype(xp.float32, copy=False), dtype=xp.float64)
-    return ids.astype(xp.int64), sums, xp.bincount(inverse, minlength=len(ids)).astype(xp.int64)
+    counts = xp.bincount(inverse, minlength=len(ids)).astype(xp.int64)
+    if points.dtype in (xp.float32, xp.float64):
+        one_hot = sparse.csr_matrix((xp.ones(n, dtype=points.dtype), (inverse, xp.arange(n))), shape=(len(ids), n))
+        return ids.astype(xp.int64), xp.asarray(one_hot @ points, dtype=xp.float64), counts
+    sums = xp.zeros((len(ids), d), dtype=xp.float64)
+    grouped = xp.argsort(inverse, kind="stable")
+    for start in range(0, n, chunk_rows):
+        rows = grouped[start:start + chunk_rows]
+        group = inverse[rows]
+        first, last = int(group[0]), int(group[-1])
+        one_hot = sparse.csr_matrix((xp.ones(len(rows), dtype=xp.float32), (group - first, xp.arange(len(rows)))),
+                                    shape=(last - first + 1, len(rows)))
+        sums[first:last + 1] += one_hot @ points[rows].astype(xp.float32)
+    return ids.astype(xp.int64), sums, counts
 
 
 @dataclass
@@ -136,7 +153,11 @@ def statistics_of(points, labels, distances, k: int, far: int) -> BlockStatistic
     xp = array_module(points)
     ids, sums, counts = cluster_sums(points, labels, k)
     far = min(far, len(distances))
-    farthest = xp.argsort(-distances)[:far] if far else xp.zeros(0, dtype=xp.int64)
+    if far == 0:
+        farthest = xp.zeros(0, dtype=xp.int64)
+    else:  # the far largest distances, in decreasing order, without sorting the whole block
+        candidates = xp.argpartition(-distances, far - 1)[:far] if far < len(distances) else xp.arange(far)
+        farthest = candidates[xp.argsort(-distances[candidates], kind="stable")]
     return BlockStatistics(k=k, ids=to_host(ids), sums=to_host(sums), counts=to_host(counts),
                            inertia=float(distances.astype(xp.float64).sum()),
                            far_points=to_host(points[farthest]).astype(np.float32).reshape(far, points.shape[1]),

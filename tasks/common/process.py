@@ -10,6 +10,12 @@ How nothing is left: the child starts in its own session, so it and every proces
 when its parent dies (Linux). The group is killed when the command ends or the caller is
 interrupted. If the caller itself is killed, the grandchildren may survive it: the pid file
 (the group's id) lets the next run with the same pid file kill them before it starts anew.
+
+Thread limits: Dask's nanny writes ``OMP_NUM_THREADS=1`` (and MKL's, OpenBLAS's) into the
+environment of the process that starts a local cluster, for its single-threaded workers, and never
+takes them back. A child started afterwards from that process (the trainer after the download's
+cluster) would run torch on one core. :func:`child_environment` gives children the values this
+process started with.
 """
 
 from __future__ import annotations
@@ -23,6 +29,24 @@ import time
 from pathlib import Path
 
 GROUP_TAG = "CURATION_CHILD_GROUP"  # environment variable naming the pid file of a child's group
+THREAD_LIMITS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_STARTED_WITH = {name: os.environ.get(name) for name in THREAD_LIMITS}  # before any cluster of this process
+
+
+def restore_thread_limits() -> None:
+    """Put this process's own thread limits back into ``os.environ`` (after a local Dask cluster started)."""
+    for name, value in _STARTED_WITH.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's environment) with the thread limits this process started with."""
+    result = dict(os.environ if env is None else env)
+    result.update({name: value for name, value in _STARTED_WITH.items() if value is not None})
+    return {name: value for name, value in result.items() if name not in THREAD_LIMITS or _STARTED_WITH[name]}
 
 
 def die_with_parent() -> None:
@@ -37,14 +61,15 @@ def run_child(argv: list[str], log_path: Path, pid_file: Path, env: dict[str, st
               log=print) -> int:
     """Run ``argv`` to its end in its own process group; return its exit status.
 
-    ``env`` is the child's whole environment (default: this process's). A group left by an
+    ``env`` is the child's whole environment (default: this process's), with this process's own
+    thread limits (:func:`child_environment`). A group left by an
     earlier run with the same ``pid_file`` is killed first. When this returns or raises
     (``KeyboardInterrupt``, a cancelled task), no process of the group is alive.
     """
     log_path, pid_file = Path(log_path), Path(pid_file)
     stop_stale_group(pid_file, log)
     tag = str(pid_file.resolve())
-    env = dict(os.environ if env is None else env, **{GROUP_TAG: tag})
+    env = dict(child_environment(env), **{GROUP_TAG: tag})
     linux = sys.platform.startswith("linux")
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

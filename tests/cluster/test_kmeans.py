@@ -7,7 +7,7 @@ from distributed import Client, LocalCluster
 from sklearn.cluster import KMeans as SklearnKMeans
 
 from tasks.cluster.kmeans import KMeans, resolve_engine
-from tasks.cluster.lloyd import assign, block_statistics, combine_statistics
+from tasks.cluster.lloyd import assign, block_statistics, cluster_sums, combine_statistics
 from tasks.common.errors import InputError
 
 
@@ -47,6 +47,25 @@ def test_block_statistics_add_up_over_blocks():
     np.testing.assert_allclose(parts.sums, whole.sums, rtol=1e-6)
     np.testing.assert_array_equal(parts.counts, whole.counts)
     assert parts.counts.sum() == len(points)
+
+
+def test_float16_block_sums_without_a_float32_copy_of_the_block():
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    block = rng.normal(size=(60_000, 64)).astype(np.float16)
+    labels = rng.integers(0, 500, len(block))
+    labels[:10] = 7  # clusters spread over every chunk of the grouped rows
+    tracemalloc.start()
+    ids, sums, counts = cluster_sums(block, labels, 500, chunk_rows=4096)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    expected = np.zeros((500, 64))
+    np.add.at(expected, labels, block.astype(np.float64))
+    np.testing.assert_array_equal(ids, np.unique(labels))
+    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=500)[ids])
+    np.testing.assert_allclose(sums, expected[ids], rtol=1e-6, atol=1e-6)
+    assert peak < block.size * 4 / 2, f"peak {peak} bytes: the block was copied to float32 whole"
 
 
 def test_separated_blobs_are_recovered_in_memory_and_on_dask(client):
