@@ -76,6 +76,7 @@ def assign(points, centroids, chunk_rows: int = DEFAULT_CHUNK_ROWS):
     rows = xp.zeros((min(chunk_rows, max(n, 1)), width), dtype=xp.float32)
     rows[:, d] = 1.0
     scores_buffer = xp.empty((len(rows), len(centroids)), dtype=xp.float32)
+    row_offsets = xp.arange(len(rows), dtype=xp.int64) * len(centroids)  # flat index of each row's first score
     for start in range(0, n, chunk_rows):
         stop = min(n, start + chunk_rows)
         chunk = rows[: stop - start]
@@ -83,7 +84,7 @@ def assign(points, centroids, chunk_rows: int = DEFAULT_CHUNK_ROWS):
         scores = scores_buffer[: stop - start]
         xp.matmul(chunk, target, out=scores)
         best = scores.argmax(axis=1)
-        top = xp.take_along_axis(scores, best[:, None], axis=1)[:, 0]
+        top = scores.ravel()[best + row_offsets[: stop - start]]
         x = chunk[:, :d]
         labels[start:stop] = best
         distances[start:stop] = xp.maximum(xp.einsum("ij,ij->i", x, x) - 2.0 * top, 0.0)

@@ -61,15 +61,15 @@ def run_child(argv: list[str], log_path: Path, pid_file: Path, env: dict[str, st
               log=print) -> int:
     """Run ``argv`` to its end in its own process group; return its exit status.
 
-    ``env`` is the child's whole environment (default: this process's), with this process's own
-    thread limits (:func:`child_environment`). A group left by an
+    ``env`` is the child's whole environment (default: this process's, with the thread limits it
+    started with: :func:`child_environment`, which callers that pass ``env`` build it from). A group left by an
     earlier run with the same ``pid_file`` is killed first. When this returns or raises
     (``KeyboardInterrupt``, a cancelled task), no process of the group is alive.
     """
     log_path, pid_file = Path(log_path), Path(pid_file)
     stop_stale_group(pid_file, log)
     tag = str(pid_file.resolve())
-    env = dict(child_environment(env), **{GROUP_TAG: tag})
+    env = dict(child_environment() if env is None else env, **{GROUP_TAG: tag})
     linux = sys.platform.startswith("linux")
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

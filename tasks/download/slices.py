@@ -35,7 +35,7 @@ from tasks.common.catalog import Catalog, shard_id
 from tasks.common.errors import InputError, StageFailed
 from tasks.common.hashing import code_version, hash_json
 from tasks.common.manifest import Manifest
-from tasks.common.process import log_tail, run_child
+from tasks.common.process import child_environment, log_tail, run_child
 from tasks.common.store import Store
 from tasks.common.webdataset import count_samples, sizes_table
 from tasks.download.pool_index import SlicePlan, passthrough_columns
@@ -207,7 +207,7 @@ def _run_img2dataset(input_file: Path, output: Path, staging: Path, columns: lis
                      config: DownloadConfig, log) -> None:
     """Run img2dataset as a child process group (its pool workers included); a leftover of an
     interrupted run of this slice is killed first (see :func:`tasks.common.process.run_child`)."""
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+    env = dict(child_environment(), NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
     log_path = staging / "img2dataset.log"
     returncode = run_child(_img2dataset_argv(input_file, output, columns, config), log_path,
                            staging / "img2dataset.pgid", env=env, log=log)

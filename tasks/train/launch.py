@@ -21,7 +21,10 @@ def main(argv: list[str]) -> int:
     os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # torch refuses both at once
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     register_model_configs()
+    import torch
     from open_clip_train.main import main as open_clip_main
+
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)  # read back into the run's manifest
 
     status = open_clip_main(argv)
     return 0 if status in (None, 0) else 1
