@@ -13,7 +13,10 @@
    assignment's kernel) run in one process, then in ``workers`` processes at once
    (``hardware_speedup``: how much more work per second the cores do together; cores that share
    their floating-point units or memory bandwidth give less than ``workers``).
-3. Out of core: ``ooc-rows x dim`` float16 embeddings written to a store as shards of 100,000
+3. The per-block kernel alone, one thread: our assignment and per-cluster sums of one block
+   (``block_statistics``: one product per 2,048 rows, argmax, sparse sums) against faiss's
+   search for the nearest centroid on the same block (``faiss.knn``, BLAS plus its own argmin).
+4. Out of core: ``ooc-rows x dim`` float16 embeddings written to a store as shards of 100,000
    rows (``tasks/cluster/imported.py``), then 4 levels of hierarchical k-means with resampling
    (``tasks/cluster/run.py`` on a local Dask cluster streaming the shards). Peak resident memory
    is the largest sum, sampled every 0.2 s, of the RSS of this process and every worker.
@@ -89,6 +92,30 @@ def hardware_speedup(processes: int) -> float:
     alone = min(run(1) for _ in range(2))
     together = min(run(processes) for _ in range(2))
     return processes * alone / together
+
+
+def block_kernels(block: np.ndarray, centroids: np.ndarray) -> dict:
+    """Best of 3 seconds, one thread: our block statistics, our assignment alone, faiss's nearest-centroid search."""
+    import faiss
+    import threadpoolctl
+
+    from tasks.cluster.lloyd import assign, block_statistics
+
+    faiss.omp_set_num_threads(1)
+
+    def best(run) -> float:
+        run()
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    with threadpoolctl.threadpool_limits(1):
+        return {"rows": len(block), "ours_statistics_seconds": round(best(lambda: block_statistics(block, centroids)), 3),
+                "ours_assign_seconds": round(best(lambda: assign(block, centroids)), 3),
+                "faiss_knn_seconds": round(best(lambda: faiss.knn(block, centroids, 1)), 3)}
 
 
 def faiss_iteration(points: np.ndarray, centroids: np.ndarray, threads: int) -> float:
@@ -219,17 +246,18 @@ def main(argv: list[str] | None = None) -> None:
     ours_seconds = dask_iteration(points, centroids, args.workers, block_rows)
     one_worker = dask_iteration(points, centroids, 1, block_rows)
     machine = hardware_speedup(args.workers) if args.workers > 1 else 1.0
+    kernels = block_kernels(points[:block_rows], centroids)
     print(f"one Lloyd iteration, {args.rows} x {args.dim}, k={args.k}: faiss {faiss_seconds:.3f} s, "
           f"ours (Dask, {args.workers} workers, blocks of {block_rows} rows) {ours_seconds:.3f} s, "
           f"ours with 1 worker {one_worker:.3f} s; the matrix product alone in {args.workers} processes does "
-          f"{machine:.2f} times the work of one")
+          f"{machine:.2f} times the work of one; one block on one thread: {kernels}")
     figures = {"benchmark": "kmeans", "rows": args.rows, "dim": args.dim, "k": args.k, "workers": args.workers,
                "block_rows": block_rows, "repeats": args.repeats,
                "faiss_iteration_seconds": round(faiss_seconds, 3), "ours_iteration_seconds": round(ours_seconds, 3),
                "time_ratio_vs_faiss": round(ours_seconds / faiss_seconds, 3),
                "one_worker_iteration_seconds": round(one_worker, 3),
                "speedup_2_workers_vs_1": round(one_worker / ours_seconds, 3),
-               "hardware_speedup": round(machine, 3)}
+               "hardware_speedup": round(machine, 3), "block_kernel": kernels}
     if args.ooc_rows:
         levels = [1000, {"k": 200, "resampling_steps": 10}, {"k": 50, "resampling_steps": 10},
                   {"k": 10, "resampling_steps": 10}]

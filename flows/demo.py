@@ -30,6 +30,7 @@ from flows.pool_refresh import pool_refresh
 from flows.train_eval import train_eval
 from tasks.common.catalog import run_name
 from tasks.common.catalog_task import resolve_pool_task
+from tasks.common.dask_cluster import shared_dask_address
 from tasks.common.cli import CliParser, command_line
 from tasks.common.errors import InputError
 from tasks.common.leftover_runs import crash_leftover_runs
@@ -72,64 +73,66 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
     the_store = store_from(store, storage_options)
     on_store = {"store": store, "storage_options": storage_options}
     web_root = str(work / "web")
-    generate_demo_pool_task(web_root, demo_config(n_samples, seed), dask_address or None)
-    server = start_demo_server(web_root, str(work / "server.json"))
-    download = dict(pool_index="", **on_store, pool_name="demo", slice_size=10_000, shard_size=1_000, processes=2,
-                    threads=16, image_size=256, timeout=timeout, dask_address=dask_address)
-    truth = str(Path(web_root) / "truth.parquet")
-    try:
-        download["pool_index"] = write_demo_pool_index(web_root, server.base_url, str(work / "pool_index.parquet"))
-        manifest = untracked(pool_refresh.with_options(flow_run_name="pool-refresh-demo")(**download))
-        check = check_download_against_truth(manifest, truth)
-        tasklist = generate_demo_eval_sets_task(str(work / "eval"), seed)
-        baseline = untracked(train_eval(**on_store, data=manifest["outputs"]["folder"], tasklist=tasklist,
-                                        scale="tiny", overrides=train_overrides, run_name="raw-pool"))
-        long_tail = long_tail_report(the_store, baseline["evaluation"], resolve_pool_task(the_store, "demo"), truth)
-        # The model trained on the raw pool is the embedder of the pool (no weights can be downloaded here).
-        embedder = {"model": baseline["train"]["config"]["model"],
-                    "checkpoint": baseline["train"]["outputs"]["checkpoint"]}
-        # embed and filter only: a second pool_refresh would publish the same download (and its artifacts) again
-        curated = untracked(run_embed_filter(store, "demo", embedder, {**DEMO_FILTERS, "eval_tasklist": tasklist},
-                                             dask_address, storage_options))
-    finally:
-        server.stop()
-    filter_check = check_filters_against_truth(the_store, curated["filters"], truth)
-    kept = curated["filters"]["rows"]["kept"]
-    recipes = demo_subsets(kept)
-    trees, subsets = {}, {}
-    for name, clustering in demo_trees(kept).items():
-        out = untracked(curate.with_options(flow_run_name=f"curate-demo-{name}")(
-            **on_store, pool_name="demo", clustering={**clustering, "seed": seed}, subsets=recipes[name],
-            dask_address=dask_address))
-        trees[name] = out["tree"]
-        subsets.update(out["subsets"])
-    cluster_check = check_clusters_against_truth(the_store, trees, truth)
-    snapshot = resolve_pool_task(the_store, "demo")  # the filtered pool the subsets were made from
-    balance = check_subsets_against_truth(the_store, snapshot, subsets, truth)
-    arms = {name: untracked(train_eval(**on_store, data=subsets[name]["outputs"]["folder"], tasklist=tasklist,
-                                       scale="tiny", overrides={**AB_TRAINING, **(train_overrides or {})},
-                                       run_name=run_name("ab", name)))
-            for name in TRAINED_ARMS}
-    ab = curation_ab_report(the_store, snapshot, {name: arm["evaluation"] for name, arm in arms.items()}, balance,
-                            truth)
-    outputs = {
-        "pool_index": download["pool_index"],
-        "pool": manifest["outputs"]["folder"],
-        "truth (evaluation only)": truth,
-        "samples": manifest["rows"],
-        "download vs planted": check,
-        "model trained on the raw pool": baseline["train"]["outputs"]["checkpoint"],
-        "evaluation": baseline["eval"],
-        "zero-shot recall by concept frequency": long_tail,
-        "filter report": curated["filters"]["outputs"]["report"],
-        "kept by the filters": curated["filters"]["rows"],
-        "filters vs planted defects": filter_check,
-        "cluster trees": {name: tree["outputs"]["folder"] for name, tree in trees.items()},
-        "clusters vs true concepts": cluster_check,
-        "subsets": {name: subset["outputs"]["parquet"] for name, subset in subsets.items()},
-        "subsets vs true concepts": balance,
-        "curation A/B": ab,
-    }
+    # one local Dask cluster for every stage of the demo (each subflow would otherwise start its own)
+    with shared_dask_address(dask_address) as dask_address:
+        generate_demo_pool_task(web_root, demo_config(n_samples, seed), dask_address or None)
+        server = start_demo_server(web_root, str(work / "server.json"))
+        download = dict(pool_index="", **on_store, pool_name="demo", slice_size=10_000, shard_size=1_000, processes=2,
+                        threads=16, image_size=256, timeout=timeout, dask_address=dask_address)
+        truth = str(Path(web_root) / "truth.parquet")
+        try:
+            download["pool_index"] = write_demo_pool_index(web_root, server.base_url, str(work / "pool_index.parquet"))
+            manifest = untracked(pool_refresh.with_options(flow_run_name="pool-refresh-demo")(**download))
+            check = check_download_against_truth(manifest, truth)
+            tasklist = generate_demo_eval_sets_task(str(work / "eval"), seed)
+            baseline = untracked(train_eval(**on_store, data=manifest["outputs"]["folder"], tasklist=tasklist,
+                                            scale="tiny", overrides=train_overrides, run_name="raw-pool"))
+            long_tail = long_tail_report(the_store, baseline["evaluation"], resolve_pool_task(the_store, "demo"), truth)
+            # The model trained on the raw pool is the embedder of the pool (no weights can be downloaded here).
+            embedder = {"model": baseline["train"]["config"]["model"],
+                        "checkpoint": baseline["train"]["outputs"]["checkpoint"]}
+            # embed and filter only: a second pool_refresh would publish the same download (and its artifacts) again
+            curated = untracked(run_embed_filter(store, "demo", embedder, {**DEMO_FILTERS, "eval_tasklist": tasklist},
+                                                 dask_address, storage_options))
+        finally:
+            server.stop()
+        filter_check = check_filters_against_truth(the_store, curated["filters"], truth)
+        kept = curated["filters"]["rows"]["kept"]
+        recipes = demo_subsets(kept)
+        trees, subsets = {}, {}
+        for name, clustering in demo_trees(kept).items():
+            out = untracked(curate.with_options(flow_run_name=f"curate-demo-{name}")(
+                **on_store, pool_name="demo", clustering={**clustering, "seed": seed}, subsets=recipes[name],
+                dask_address=dask_address))
+            trees[name] = out["tree"]
+            subsets.update(out["subsets"])
+        cluster_check = check_clusters_against_truth(the_store, trees, truth)
+        snapshot = resolve_pool_task(the_store, "demo")  # the filtered pool the subsets were made from
+        balance = check_subsets_against_truth(the_store, snapshot, subsets, truth)
+        arms = {name: untracked(train_eval(**on_store, data=subsets[name]["outputs"]["folder"], tasklist=tasklist,
+                                           scale="tiny", overrides={**AB_TRAINING, **(train_overrides or {})},
+                                           run_name=run_name("ab", name)))
+                for name in TRAINED_ARMS}
+        ab = curation_ab_report(the_store, snapshot, {name: arm["evaluation"] for name, arm in arms.items()}, balance,
+                                truth)
+        outputs = {
+            "pool_index": download["pool_index"],
+            "pool": manifest["outputs"]["folder"],
+            "truth (evaluation only)": truth,
+            "samples": manifest["rows"],
+            "download vs planted": check,
+            "model trained on the raw pool": baseline["train"]["outputs"]["checkpoint"],
+            "evaluation": baseline["eval"],
+            "zero-shot recall by concept frequency": long_tail,
+            "filter report": curated["filters"]["outputs"]["report"],
+            "kept by the filters": curated["filters"]["rows"],
+            "filters vs planted defects": filter_check,
+            "cluster trees": {name: tree["outputs"]["folder"] for name, tree in trees.items()},
+            "clusters vs true concepts": cluster_check,
+            "subsets": {name: subset["outputs"]["parquet"] for name, subset in subsets.items()},
+            "subsets vs true concepts": balance,
+            "curation A/B": ab,
+        }
     print("demo finished:\n" + json.dumps(outputs, indent=2))
     print("See the runs, task states and artifacts in the Prefect UI: `make ui`, then http://127.0.0.1:4200")
     return outputs

@@ -19,7 +19,7 @@ import dask
 from distributed import Client, LocalCluster
 
 from tasks.common.gpu import gpu_available
-from tasks.common.process import restore_thread_limits
+from tasks.common.process import restore_environment
 
 
 def quiet_dask_logs() -> None:
@@ -53,7 +53,7 @@ def dask_client(address: str | None = None, n_workers: int | None = None, gpu: b
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       memory_limit=memory_limit or "auto", silence_logs=logging.WARNING) as cluster, \
             Client(cluster) as client:
-        restore_thread_limits()  # the workers are single-threaded, not this process
+        restore_environment()  # the workers are single-threaded, not this process (see tasks/common/process.py)
         yield client
 
 

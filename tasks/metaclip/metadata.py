@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import functools
 import os
 import re
 import string
@@ -109,6 +110,12 @@ def wordnet_entries(wordnet_dir: str | None = None, all_lemmas: bool = False) ->
     (148,730 distinct), not only the head one.
     """
     folder = Path(wordnet_dir or os.environ.get("WORDNET_DIR") or DEFAULT_WORDNET_DIR)
+    return list(_wordnet_lemmas(folder, all_lemmas))
+
+
+@functools.lru_cache(maxsize=4)
+def _wordnet_lemmas(folder: Path, all_lemmas: bool) -> tuple[str, ...]:
+    """WordNet's lemmas, read once per process (every subset that reports metadata asks for them)."""
     missing = [name for name in WORDNET_FILES if not (folder / name).is_file()]
     if missing:
         raise InputError(f"WordNet folder {folder} lacks {', '.join(missing)}; the Debian package "
@@ -126,7 +133,7 @@ def wordnet_entries(wordnet_dir: str | None = None, all_lemmas: bool = False) ->
                     raise InputError(f"WordNet file {folder / name}, line {number}: not a synset line") from error
                 for word in words:
                     lemmas.setdefault(_ADJECTIVE_MARKER.sub("", word).replace("_", " "), None)
-    return list(lemmas)
+    return tuple(lemmas)
 
 
 def _is_punctuation(token: str) -> bool:

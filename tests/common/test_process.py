@@ -131,8 +131,8 @@ def test_a_pid_file_naming_someone_elses_group_kills_nothing(tmp_path):
 
 
 def test_a_child_started_after_a_local_dask_cluster_gets_all_threads(tmp_path):
-    """Dask's nanny leaves OMP_NUM_THREADS=1 in the environment of the process that starts a local
-    cluster; a trainer started from that process afterwards must not inherit it."""
+    """Dask's nanny leaves OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_ in the environment of the process
+    that starts a local cluster; a trainer started from that process afterwards must not inherit them."""
     script = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
@@ -142,17 +142,18 @@ def test_a_child_started_after_a_local_dask_cluster_gets_all_threads(tmp_path):
         if __name__ == "__main__":
             with dask_client(n_workers=1, gpu=False) as client:
                 assert set(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == {{"1"}}
-                print("parent", os.environ.get("OMP_NUM_THREADS"))
-            os.environ["OMP_NUM_THREADS"] = "1"  # what a nanny restarting a dead worker leaves
-            child = [sys.executable, "-c", "import os; print('child', os.environ.get('OMP_NUM_THREADS'))"]
+                print("parent", os.environ.get("OMP_NUM_THREADS"), os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+            os.environ.update(OMP_NUM_THREADS="1", MALLOC_TRIM_THRESHOLD_="65536")  # what a restarted worker's nanny leaves
+            child = [sys.executable, "-c",
+                     "import os; print('child', os.environ.get('OMP_NUM_THREADS'), os.environ.get('MALLOC_TRIM_THRESHOLD_'))"]
             run_child(child, Path({str(tmp_path / 'child.log')!r}), Path({str(tmp_path / 'child.pid')!r}))
     """)
     (tmp_path / "scenario.py").write_text(script)
     env = {name: value for name, value in os.environ.items()
-           if name not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+           if name not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     done = subprocess.run([sys.executable, str(tmp_path / "scenario.py")], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "parent None" in done.stdout
-    assert (tmp_path / "child.log").read_text().strip() == "child None"
+    assert "parent None None" in done.stdout
+    assert (tmp_path / "child.log").read_text().strip() == "child None None"

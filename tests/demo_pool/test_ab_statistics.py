@@ -132,3 +132,18 @@ def test_choose_length_refuses_an_empty_curve_or_a_missing_arm():
         choose_length({})
     with pytest.raises(ValueError, match="composition"):
         choose_length({5120: {"random": [0.1, 0.2]}})
+
+
+def test_the_demo_cites_the_result_over_seeds(tmp_path):
+    from tasks.demo_pool.task import curation_ab_over_seeds
+
+    assert curation_ab_over_seeds(tmp_path / "absent.json")["result"] is None
+    result = {"samples_seen": 20480, "seeds": [0, 1, 2], "ranking_by_acc1": ["composition", "random"],
+              "arms": {"random": {"acc1": {"mean": 0.1, "se": 0.01, "values": [0.09, 0.1, 0.11]}},
+                       "composition": {"acc1": {"mean": 0.2, "se": 0.01, "values": [0.19, 0.2, 0.21]}}},
+              "p_vs_random": {"composition": 0.0123}}
+    (tmp_path / "curation_ab.json").write_text(json.dumps(result))
+    cited = curation_ab_over_seeds(tmp_path / "curation_ab.json")
+    assert cited["ranking_by_acc1"] == ["composition", "random"]
+    assert "Over 3 seeds at 20480 samples seen" in cited["says"]
+    assert "composition 0.200 (p 0.012), random 0.100" in cited["says"]
