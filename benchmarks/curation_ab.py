@@ -254,7 +254,9 @@ def described(values: list[float | None]) -> dict:
 def table(per_arm: dict, p_by_metric: dict) -> str:
     """The readable table: mean ± SE per metric, and the paired test's p against random."""
     def cell(stats: dict) -> str:
-        return "n/a" if stats["mean"] is None else f"{stats['mean']:.3f} ± {stats['se']:.3f}"
+        if stats["mean"] is None:
+            return "n/a"
+        return f"{stats['mean']:.3f}" + ("" if stats["se"] is None else f" ± {stats['se']:.3f}")
 
     def p_cell(p: float | None) -> str:
         return "-" if p is None else f"{p:.3g}"

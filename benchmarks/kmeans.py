@@ -64,7 +64,7 @@ def _product_loop(seconds_out, index: int, start, repeats: int = 120) -> None:
     out = np.empty((2048, 1000), dtype=np.float32)
     with threadpoolctl.threadpool_limits(1):
         np.matmul(rows, table, out=out)
-        start.wait()
+        start.wait()  # a barrier: every process has imported numpy and run its first product
         began = time.perf_counter()
         for _ in range(repeats):
             np.matmul(rows, table, out=out)
@@ -79,12 +79,10 @@ def hardware_speedup(processes: int) -> float:
 
     def run(count: int) -> float:
         seconds = context.Array("d", count)
-        start = context.Event()
+        start = context.Barrier(count)
         workers = [context.Process(target=_product_loop, args=(seconds, i, start)) for i in range(count)]
         for worker in workers:
             worker.start()
-        time.sleep(2.0)  # every process has imported numpy and run its first product
-        start.set()
         for worker in workers:
             worker.join()
         return max(seconds[:])

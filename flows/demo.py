@@ -73,12 +73,14 @@ def demo(workdir: str = ".demo", store: str = "", n_samples: int = 20_000, seed:
     the_store = store_from(store, storage_options)
     on_store = {"store": store, "storage_options": storage_options}
     web_root = str(work / "web")
-    # one local Dask cluster for every stage of the demo (each subflow would otherwise start its own)
+    generate_demo_pool_task(web_root, demo_config(n_samples, seed), dask_address or None)
+    # one Dask cluster for embedding, filters and trees (each subflow would otherwise start its own); the
+    # download runs img2dataset from this process
     with shared_dask_address(dask_address) as dask_address:
-        generate_demo_pool_task(web_root, demo_config(n_samples, seed), dask_address or None)
         server = start_demo_server(web_root, str(work / "server.json"))
         download = dict(pool_index="", **on_store, pool_name="demo", slice_size=10_000, shard_size=1_000, processes=2,
-                        threads=16, image_size=256, timeout=timeout, dask_address=dask_address)
+                        threads=16, image_size=256, timeout=timeout, dask_address=dask_address,
+                        download_on_dask=False)  # img2dataset from this process, as benchmarks/download.py measures it
         truth = str(Path(web_root) / "truth.parquet")
         try:
             download["pool_index"] = write_demo_pool_index(web_root, server.base_url, str(work / "pool_index.parquet"))

@@ -110,7 +110,7 @@ def cluster_sums(points, labels, k: int, chunk_rows: int = SUM_CHUNK_ROWS):
         one_hot = sparse.csr_matrix((xp.ones(n, dtype=points.dtype), (inverse, xp.arange(n))), shape=(len(ids), n))
         return ids.astype(xp.int64), xp.asarray(one_hot @ points, dtype=xp.float64), counts
     sums = xp.zeros((len(ids), d), dtype=xp.float64)
-    grouped = xp.argsort(inverse, kind="stable")
+    grouped = xp.argsort(inverse)
     for start in range(0, n, chunk_rows):
         rows = grouped[start:start + chunk_rows]
         group = inverse[rows]
@@ -158,7 +158,7 @@ def statistics_of(points, labels, distances, k: int, far: int) -> BlockStatistic
         farthest = xp.zeros(0, dtype=xp.int64)
     else:  # the far largest distances, in decreasing order, without sorting the whole block
         candidates = xp.argpartition(-distances, far - 1)[:far] if far < len(distances) else xp.arange(far)
-        farthest = candidates[xp.argsort(-distances[candidates], kind="stable")]
+        farthest = candidates[xp.argsort(-distances[candidates])]
     return BlockStatistics(k=k, ids=to_host(ids), sums=to_host(sums), counts=to_host(counts),
                            inertia=float(distances.astype(xp.float64).sum()),
                            far_points=to_host(points[farthest]).astype(np.float32).reshape(far, points.shape[1]),

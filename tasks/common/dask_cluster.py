@@ -47,6 +47,7 @@ def dask_client(address: str | None = None, n_workers: int | None = None, gpu: b
         from dask_cuda import LocalCUDACluster
 
         with LocalCUDACluster(dashboard_address=None) as cluster, Client(cluster) as client:
+            restore_environment()
             yield client
         return
     workers = n_workers or os.cpu_count() or 1

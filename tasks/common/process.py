@@ -38,7 +38,8 @@ def dask_worker_settings() -> set[str]:
     """The variables Dask's nanny writes into the environment of the process that starts a local cluster."""
     import dask
 
-    return set(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}) | {"PYTHONHASHSEED"}
+    return set(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}) | {
+        "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED"}
 
 
 def restore_environment() -> None:

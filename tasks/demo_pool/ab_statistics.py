@@ -5,7 +5,7 @@ In:  per arm, one value of a metric per seed (``None`` or NaN for a value that i
      for the training length, per candidate length the values of a baseline arm and of a better
      arm over a few seeds.
 Out: :func:`summarise`: ``{"mean", "se", "n"}`` (standard error = sample standard deviation over
-     sqrt(n); 0.0 for one value; ``None`` for none); :func:`paired_test`: a two-sided paired
+     sqrt(n); ``None`` for fewer than two values: one seed says nothing of the spread); :func:`paired_test`: a two-sided paired
      t-test over the seeds both arms have, ``{"n", "mean_difference", "t", "p"}``;
      :func:`choose_length`: the shortest length at which the seeds' spread is at most half the
      gap between the arms, the curve's figures, and a sentence saying why.
@@ -34,20 +34,18 @@ def finite_values(values: Sequence[float | None]) -> np.ndarray:
 
 
 def seed_spread(values: Sequence[float | None]) -> float | None:
-    """Sample standard deviation (ddof 1) of the finite values; 0.0 for one value, ``None`` for none."""
+    """Sample standard deviation (ddof 1) of the finite values; ``None`` for fewer than two."""
     array = finite_values(values)
-    if len(array) == 0:
-        return None
-    return float(array.std(ddof=1)) if len(array) > 1 else 0.0
+    return float(array.std(ddof=1)) if len(array) > 1 else None
 
 
 def summarise(values: Sequence[float | None]) -> dict:
-    """``{"mean", "se", "n"}`` of the finite values: se = sample sd / sqrt(n), 0.0 for n = 1, ``None`` for n = 0."""
+    """``{"mean", "se", "n"}`` of the finite values: se = sample sd / sqrt(n) (``None`` for n < 2), mean ``None`` for n = 0."""
     array = finite_values(values)
     n = len(array)
     if n == 0:
         return {"mean": None, "se": None, "n": 0}
-    return {"mean": float(array.mean()), "se": float(array.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0, "n": n}
+    return {"mean": float(array.mean()), "se": float(array.std(ddof=1) / math.sqrt(n)) if n > 1 else None, "n": n}
 
 
 def paired_test(arm_values: Mapping[int, float | None], random_values: Mapping[int, float | None]) -> dict:

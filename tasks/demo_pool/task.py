@@ -22,6 +22,7 @@ from tasks.common.plots import png_markdown
 from tasks.common.prefect_support import artifact_key
 from tasks.common.store import Store
 from tasks.demo_pool import truth_checks
+from tasks.demo_pool.curation_ab import subset_size
 from tasks.demo_pool.eval_sets import generate_eval_sets
 from tasks.demo_pool.generate import DemoPoolConfig, generate_demo_pool, pool_index_for
 from tasks.demo_pool.server import DemoWebServer
@@ -128,23 +129,33 @@ def demo_trees(kept: int) -> dict[str, dict]:
 CURATION_AB_BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "curation_ab.json"
 
 
-def curation_ab_over_seeds(result_file: Path = CURATION_AB_BENCHMARK) -> dict:
+def curation_ab_over_seeds(size: int, result_file: Path = CURATION_AB_BENCHMARK) -> dict:
     """What ``benchmarks/curation_ab.py`` measured over several seeds per arm (its kept result), to read
     beside the demo's one run per arm: the command, the ranking by mean acc@1 and the paired tests'
-    p-values against random; ``result`` None where no result is kept."""
+    p-values against random, and whether it was measured at this run's subset ``size``; ``result``
+    None where no readable result is kept."""
     command = ".venv/bin/python benchmarks/curation_ab.py"
+    absent = {"command": command, "result": None,
+              "says": f"One seed per arm is within seed noise; `{command}` settles the ranking over seeds."}
     if not result_file.is_file():
-        return {"command": command, "result": None,
-                "says": f"One seed per arm is within seed noise; `{command}` settles the ranking over seeds."}
-    result = json.loads(result_file.read_text())
-    means = {arm: figures["acc1"]["mean"] for arm, figures in result["arms"].items()}
-    says = (f"Over {len(result['seeds'])} seeds at {result['samples_seen']} samples seen (`{command}`): "
-            + ", ".join(f"{arm} {means[arm]:.3f}" + (f" (p {result['p_vs_random'][arm]:.2g})"
-                                                     if result["p_vs_random"].get(arm) is not None else "")
-                        for arm in result["ranking_by_acc1"]) + " (mean acc@1; p: paired t-test against random).")
-    return {"command": command, "result": str(result_file), "samples_seen": result["samples_seen"],
-            "seeds": result["seeds"], "ranking_by_acc1": result["ranking_by_acc1"], "acc1_mean": means,
-            "p_vs_random": result["p_vs_random"], "says": says}
+        return absent
+    try:
+        result = json.loads(result_file.read_text())
+        means = {arm: figures["acc1"]["mean"] for arm, figures in result["arms"].items()}
+        tests = result["p_vs_random"]
+        arms = ", ".join(f"{arm} {'n/a' if means[arm] is None else f'{means[arm]:.3f}'}"
+                         + ("" if tests.get(arm) is None else f" (p {tests[arm]:.2g})")
+                         for arm in result["ranking_by_acc1"])
+        same_size = result.get("subset_size") == size
+        says = (f"Over {len(result['seeds'])} seeds at {result['samples_seen']} samples seen (`{command}`): {arms} "
+                f"(mean acc@1; p: paired t-test against random)"
+                + ("." if same_size else f", measured on subsets of {result.get('subset_size')} samples, not "
+                                         f"{size}: another pool than this run's."))
+        return {"command": command, "result": "benchmarks/results/curation_ab.json",
+                "samples_seen": result["samples_seen"], "seeds": result["seeds"], "same_subset_size": same_size,
+                "ranking_by_acc1": result["ranking_by_acc1"], "acc1_mean": means, "p_vs_random": tests, "says": says}
+    except (KeyError, TypeError, ValueError) as error:
+        return {**absent, "says": f"{absent['says']} (the kept result {result_file.name} is unreadable: {error!r})"}
 
 
 @task(name="check_clusters_against_truth")
@@ -188,7 +199,7 @@ def curation_ab_report(store: Store, snapshot: dict, evaluations: dict[str, dict
     resolved = PoolSnapshot.from_dict(snapshot)
     truth = pd.read_parquet(truth_path, columns=["uid", "concept_id"])
     report = {**truth_checks.curation_ab(store, evaluations, balance, resolved, truth),
-              "over_seeds": curation_ab_over_seeds()}
+              "over_seeds": curation_ab_over_seeds(subset_size(resolved.filters.manifest["rows"]["kept"]))}
     truth_checks.publish_report(Catalog(store), resolved.pool.name, "curation-ab", {"curation_ab.json": report},
                                 {"evaluations": {name: m["content_hash"] for name, m in evaluations.items()}})
     create_table_artifact(key=artifact_key(store, resolved.pool.name, "curation-ab"), table=report["arms"],

@@ -28,7 +28,7 @@ def test_summarise_mean_and_standard_error():
 
 
 @pytest.mark.parametrize("values,expected", [
-    ([0.2], {"mean": 0.2, "se": 0.0, "n": 1}),
+    ([0.2], {"mean": 0.2, "se": None, "n": 1}),
     ([], {"mean": None, "se": None, "n": 0}),
     ([None, float("nan")], {"mean": None, "se": None, "n": 0}),
     ([0.3, None, 0.5], {"mean": 0.4, "se": 0.1, "n": 2}),  # missing values are left out
@@ -90,7 +90,7 @@ def test_paired_t_test_degenerate(arm, random, p):
 
 def test_seed_spread():
     assert seed_spread([0.1, 0.3]) == pytest.approx(math.sqrt(0.02))
-    assert seed_spread([0.1]) == 0.0
+    assert seed_spread([0.1]) is None
     assert seed_spread([None]) is None
 
 
@@ -137,13 +137,19 @@ def test_choose_length_refuses_an_empty_curve_or_a_missing_arm():
 def test_the_demo_cites_the_result_over_seeds(tmp_path):
     from tasks.demo_pool.task import curation_ab_over_seeds
 
-    assert curation_ab_over_seeds(tmp_path / "absent.json")["result"] is None
-    result = {"samples_seen": 20480, "seeds": [0, 1, 2], "ranking_by_acc1": ["composition", "random"],
+    assert curation_ab_over_seeds(3769, tmp_path / "absent.json")["result"] is None
+    result = {"samples_seen": 20480, "seeds": [0, 1, 2], "ranking_by_acc1": ["composition", "random"], "subset_size": 3769,
               "arms": {"random": {"acc1": {"mean": 0.1, "se": 0.01, "values": [0.09, 0.1, 0.11]}},
                        "composition": {"acc1": {"mean": 0.2, "se": 0.01, "values": [0.19, 0.2, 0.21]}}},
               "p_vs_random": {"composition": 0.0123}}
     (tmp_path / "curation_ab.json").write_text(json.dumps(result))
-    cited = curation_ab_over_seeds(tmp_path / "curation_ab.json")
-    assert cited["ranking_by_acc1"] == ["composition", "random"]
+    cited = curation_ab_over_seeds(3769, tmp_path / "curation_ab.json")
+    assert cited["ranking_by_acc1"] == ["composition", "random"] and cited["same_subset_size"]
     assert "Over 3 seeds at 20480 samples seen" in cited["says"]
     assert "composition 0.200 (p 0.012), random 0.100" in cited["says"]
+    assert "not 200: another pool" in curation_ab_over_seeds(200, tmp_path / "curation_ab.json")["says"]
+    result["arms"]["random"]["acc1"]["mean"] = None  # a metric without values is said, not a crash
+    (tmp_path / "curation_ab.json").write_text(json.dumps(result))
+    assert "random n/a" in curation_ab_over_seeds(3769, tmp_path / "curation_ab.json")["says"]
+    (tmp_path / "curation_ab.json").write_text(json.dumps({"arms": {}}))
+    assert curation_ab_over_seeds(3769, tmp_path / "curation_ab.json")["result"] is None
