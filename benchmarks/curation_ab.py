@@ -34,7 +34,7 @@ qualifies, the longest, and the output says so).
 Caching: ``curate`` and ``train_eval`` keep every finished subset and training in the store,
 keyed by its data and settings, so a rerun (after an interruption, with more seeds or arms) reuses
 every training that finished, and the curve's runs are the main run's where arm, seed and length
-coincide. Seed 0 uses the demo's own subset and run names, so at the demo's length (10,240
+coincide. Seed 0 uses the demo's own subset and run names, so at the demo's length (5,120
 samples seen) the demo's A/B trainings are reused as seed 0; seeds s > 0 are named
 ``ab-<arm>-seed<s>``. Nothing the demo wrote is changed.
 
