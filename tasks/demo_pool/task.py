@@ -150,7 +150,7 @@ def curation_ab_over_seeds(size: int, result_file: Path = CURATION_AB_BENCHMARK)
         says = (f"Over {len(result['seeds'])} seeds at {result['samples_seen']} samples seen (`{command}`): {arms} "
                 f"(mean acc@1; p: paired t-test against random)"
                 + ("." if same_size else f", measured on subsets of {result.get('subset_size')} samples, not "
-                                         f"{size}: another pool than this run's."))
+                                         f"{size}: another run of the demo (its own model, filters and trees)."))
         return {"command": command, "result": "benchmarks/results/curation_ab.json",
                 "samples_seen": result["samples_seen"], "seeds": result["seeds"], "same_subset_size": same_size,
                 "ranking_by_acc1": result["ranking_by_acc1"], "acc1_mean": means, "p_vs_random": tests, "says": says}

@@ -147,7 +147,7 @@ def test_the_demo_cites_the_result_over_seeds(tmp_path):
     assert cited["ranking_by_acc1"] == ["composition", "random"] and cited["same_subset_size"]
     assert "Over 3 seeds at 20480 samples seen" in cited["says"]
     assert "composition 0.200 (p 0.012), random 0.100" in cited["says"]
-    assert "not 200: another pool" in curation_ab_over_seeds(200, tmp_path / "curation_ab.json")["says"]
+    assert "not 200: another run" in curation_ab_over_seeds(200, tmp_path / "curation_ab.json")["says"]
     result["arms"]["random"]["acc1"]["mean"] = None  # a metric without values is said, not a crash
     (tmp_path / "curation_ab.json").write_text(json.dumps(result))
     assert "random n/a" in curation_ab_over_seeds(3769, tmp_path / "curation_ab.json")["says"]
