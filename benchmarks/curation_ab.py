@@ -272,13 +272,6 @@ def table(per_arm: dict, p_by_metric: dict) -> str:
     return "\n".join(lines)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def parse_list(value: str, option: str, choices: tuple[str, ...] | None = None) -> list:
     parts = [part.strip() for part in value.split(",") if part.strip()]
     if not parts:
@@ -374,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
         "cpu_count": os.cpu_count(),
     }
     line = json.dumps(result, allow_nan=False)
-    write_atomically(Path(args.out), json.dumps(result, indent=2, allow_nan=False) + "\n")
+    out = Path(args.out).absolute()
+    Store(str(out.parent)).write_bytes(out.name, (json.dumps(result, indent=2, allow_nan=False) + "\n").encode())
     print(f"\ncuration A/B on pool {POOL!r}: {len(seeds)} seed(s) per arm, subsets of {result['subset_size']}, "
           f"{samples_seen} samples seen ({chosen_by})")
     print(table(per_arm, p_by_metric))

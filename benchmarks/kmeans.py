@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.cluster.kmeans import KMeans  # noqa: E402
 from tasks.common.dask_cluster import dask_client  # noqa: E402
+from timing import median_seconds  # noqa: E402 - benchmarks/timing.py, next to this script
 
 GIB = 1024 ** 3
 
@@ -93,27 +94,23 @@ def hardware_speedup(processes: int) -> float:
 
 
 def block_kernels(block: np.ndarray, centroids: np.ndarray) -> dict:
-    """Best of 3 seconds, one thread: our block statistics, our assignment alone, faiss's nearest-centroid search."""
+    """Median of 3 seconds, one thread, after a warm-up: our block statistics, our assignment alone,
+    faiss's nearest-centroid search."""
     import faiss
     import threadpoolctl
 
     from tasks.cluster.lloyd import assign, block_statistics
 
     faiss.omp_set_num_threads(1)
-
-    def best(run) -> float:
-        run()
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - started)
-        return min(times)
-
+    runs = {"ours_statistics_seconds": lambda: block_statistics(block, centroids),
+            "ours_assign_seconds": lambda: assign(block, centroids),
+            "faiss_knn_seconds": lambda: faiss.knn(block, centroids, 1)}
+    figures = {"rows": len(block)}
     with threadpoolctl.threadpool_limits(1):
-        return {"rows": len(block), "ours_statistics_seconds": round(best(lambda: block_statistics(block, centroids)), 3),
-                "ours_assign_seconds": round(best(lambda: assign(block, centroids)), 3),
-                "faiss_knn_seconds": round(best(lambda: faiss.knn(block, centroids, 1)), 3)}
+        for name, run in runs.items():
+            run()
+            figures[name] = round(median_seconds(run, 3)[0], 3)
+    return figures
 
 
 def faiss_iteration(points: np.ndarray, centroids: np.ndarray, threads: int) -> float:

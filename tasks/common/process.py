@@ -42,25 +42,27 @@ def dask_worker_settings() -> set[str]:
         "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED"}
 
 
+def _put_started_values(environment) -> None:
+    """Set Dask's worker settings in ``environment`` (a dict or ``os.environ``) to this process's own
+    values, removing those it started without."""
+    for name in dask_worker_settings():
+        if name in _STARTED_WITH:
+            environment[name] = _STARTED_WITH[name]
+        else:
+            environment.pop(name, None)
+
+
 def restore_environment() -> None:
     """Put this process's own values of Dask's worker settings back into ``os.environ`` (after a local
     Dask cluster started)."""
-    for name in dask_worker_settings():
-        if name in _STARTED_WITH:
-            os.environ[name] = _STARTED_WITH[name]
-        else:
-            os.environ.pop(name, None)
+    _put_started_values(os.environ)
 
 
 def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     """``env`` (default: this process's environment) with Dask's worker settings as this process started
     with them (absent where it had none)."""
     result = dict(os.environ if env is None else env)
-    for name in dask_worker_settings():
-        if name in _STARTED_WITH:
-            result[name] = _STARTED_WITH[name]
-        else:
-            result.pop(name, None)
+    _put_started_values(result)
     return result
 
 
